@@ -1,0 +1,250 @@
+"""The LightningDataModule: sources -> audit -> splits -> datasets -> loaders, with class weights."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from bcd.data.audit import audit_files, format_bad_files
+from bcd.data.dataset import SmearDataset, build_cache
+from bcd.data.samplers import EpochSampler
+from bcd.data.sources import SPLITS, DatasetError, Sample, check_root, load_samples, read_manifest
+from bcd.data.splits import (
+    assign_splits,
+    check_hashes,
+    class_weights,
+    fingerprint,
+    split_counts,
+    write_manifest,
+)
+from bcd.data.synthetic import ensure_synthetic_dataset
+
+log = logging.getLogger(__name__)
+
+BINARY_CLASS_NAMES = ["benign", "malignant"]
+
+
+def _worker_init(_: int) -> None:
+    """Each loader worker decodes one image at a time: more threads per worker only oversubscribe the CPU."""
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+class SmearDataModule(L.LightningDataModule):
+    """Blood smear images from a folder, pre-split folders, a CSV manifest or the synthetic generator."""
+
+    def __init__(
+        self,
+        name: str,
+        layout: str,
+        root: str,
+        manifest: str | None = None,
+        classes: Sequence[str] | None = None,
+        negative_classes: Sequence[str] | None = None,
+        split_manifest: str | None = None,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        dedup: str = "exact",
+        on_bad_file: str = "fail",
+        cache_images: bool = False,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        weighted_sampler: bool = False,
+        max_pixels: int | None = 100_000_000,
+        citation: str | None = None,
+        synthetic_images_per_class: int = 40,
+        synthetic_image_size: int = 224,
+        *,
+        task: str = "multiclass",
+        img_size: int = 224,
+        augment: Sequence[A.BasicTransform] = (),
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if on_bad_file not in ("fail", "skip"):
+            raise DatasetError(f"dataset.on_bad_file: {on_bad_file!r} is not one of ['fail', 'skip']")
+        if task not in ("multiclass", "binary"):
+            raise DatasetError(f"task.name: {task!r} is not one of ['multiclass', 'binary']")
+        if batch_size < 1:
+            raise DatasetError(f"dataset.batch_size: {batch_size} must be >= 1")
+        self.name = name
+        self.layout = layout
+        self.root = root
+        self.manifest = manifest
+        self.classes = list(classes) if classes is not None else None
+        self.negative_classes = list(negative_classes) if negative_classes is not None else None
+        self.split_manifest = split_manifest
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.dedup = dedup
+        self.on_bad_file = on_bad_file
+        self.cache_images = cache_images
+        self.batch_size = batch_size
+        self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
+        self.weighted_sampler = weighted_sampler
+        self.max_pixels = max_pixels
+        self.citation = citation
+        self.synthetic_images_per_class = synthetic_images_per_class
+        self.synthetic_image_size = synthetic_image_size
+        self.task = task
+        self.img_size = img_size
+        self.augment = A.Compose(list(augment)) if augment else None
+        self.seed = seed
+        self.samples: list[Sample] = []
+        self.source_classes: list[str] = []
+        self.bad_files: dict[Path, str] = {}
+        self.datasets: dict[str, SmearDataset] = {}
+
+    # ---- preparing the split (once per process, before the model is built) ----
+    def prepare(self, output_dir: Path | None = None) -> None:
+        """Scan, audit and split the data; write the manifest (and skipped files) to output_dir when given."""
+        root = self.data_root()
+        if self.split_manifest is not None:
+            samples, classes = read_manifest(self.split_manifest, root, self.classes, key="dataset.split_manifest")
+        else:
+            samples, classes = load_samples(self.layout, root, self.classes, self.manifest)
+        self.source_classes = classes
+        self._check_task_classes()
+        audit = audit_files([s.path for s in samples], max_pixels=self.max_pixels)
+        self.bad_files = audit.bad
+        if audit.bad and self.on_bad_file == "fail":
+            raise DatasetError(
+                f"{format_bad_files(audit.bad)}\nFix or remove these files, or run with dataset.on_bad_file=skip "
+                "to leave them out (the list is then written to the run dir)"
+            )
+        if self.split_manifest is not None:
+            check_hashes(samples, audit.hashes, key="dataset.split_manifest")
+        samples = [replace(s, sha1=audit.hashes[s.path]) for s in samples if s.path not in audit.bad]
+        self.samples = assign_splits(samples, self.val_fraction, self.test_fraction, self.seed, self.dedup)
+        self.class_weights = class_weights(self.targets("train"), len(self.class_names))
+        self.fingerprint = fingerprint(self.samples, root)
+        log.info("dataset %s: %s", self.name, json.dumps(split_counts(self.samples, self.source_classes)))
+        if output_dir is not None:
+            write_manifest(Path(output_dir) / "split_manifest.csv", self.samples, root)
+            if audit.bad:
+                (Path(output_dir) / "skipped_files.txt").write_text(format_bad_files(audit.bad, limit=10**9) + "\n")
+
+    def data_root(self) -> Path:
+        """The folder images are read from; for synthetic data it is generated there first."""
+        if self.layout == "synthetic":
+            cache_dir = Path(self.root).expanduser().resolve()
+            return ensure_synthetic_dataset(
+                cache_dir, self.synthetic_images_per_class, self.synthetic_image_size, seed=0
+            )
+        return check_root(self.root)
+
+    def _check_task_classes(self) -> None:
+        """task=binary needs dataset.negative_classes, and they must be classes of the dataset."""
+        if self.task != "binary":
+            return
+        if not self.negative_classes:
+            raise DatasetError(
+                "dataset.negative_classes: task=binary needs the benign classes, e.g. "
+                "dataset.negative_classes=[Benign]; every other class counts as malignant"
+            )
+        unknown = sorted(set(self.negative_classes) - set(self.source_classes))
+        if unknown or set(self.negative_classes) == set(self.source_classes):
+            raise DatasetError(
+                f"dataset.negative_classes: {self.negative_classes} must be a proper subset of the classes "
+                f"{self.source_classes}"
+            )
+
+    @property
+    def class_names(self) -> list[str]:
+        """Names of the model's classes, in output order (benign/malignant for task=binary)."""
+        return BINARY_CLASS_NAMES if self.task == "binary" else self.source_classes
+
+    def target_of(self, label: str) -> int:
+        """The training target of a source label (0/1 for task=binary)."""
+        if self.task == "binary":
+            return int(label not in self.negative_classes)
+        return self.source_classes.index(label)
+
+    def split_samples(self, split: str) -> list[Sample]:
+        """The samples of one split."""
+        return [s for s in self.samples if s.split == split]
+
+    def targets(self, split: str) -> list[int]:
+        """Targets of one split."""
+        return [self.target_of(s.label) for s in self.split_samples(split)]
+
+    # ---- Lightning hooks ----
+    def setup(self, stage: str | None = None) -> None:
+        """Build one dataset per split (decoding all images into RAM first when cache_images is on)."""
+        if not self.samples:
+            self.prepare()
+        for split in SPLITS:
+            samples = self.split_samples(split)
+            if split in self.datasets or not samples:
+                continue
+            paths = [s.path for s in samples]
+            cache = build_cache(paths, self.img_size, self.max_pixels) if self.cache_images else None
+            augment = self.augment if split == "train" else None
+            self.datasets[split] = SmearDataset(
+                paths, self.targets(split), self.img_size, augment, cache, self.max_pixels
+            )
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        """A loader over one split with our epoch-seeded, rank-sharded sampler."""
+        if split not in self.datasets:
+            raise DatasetError(f"dataset: the {split} split is empty; check dataset.{split}_fraction or the data")
+        dataset = self.datasets[split]
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        weights = None
+        if train and self.weighted_sampler:
+            weights = [self.class_weights[t] for t in dataset.targets]
+        sampler = EpochSampler(
+            len(dataset), self.seed, shuffle=train, weights=weights, rank=rank, world_size=world, pad=train
+        )
+        # Lightning starts (resumed) loader workers before it calls set_epoch, so start at the right epoch
+        sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            worker_init_fn=_worker_init,
+            # worker seeds come from here, not from the global RNG, so starting workers cannot shift dropout masks
+            generator=torch.Generator().manual_seed(self.seed),
+            # a last batch of one image breaks BatchNorm in training
+            drop_last=train and len(sampler) > self.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Training batches: shuffled (or class-balanced), augmented."""
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches, every image exactly once across ranks."""
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches, every image exactly once."""
+        return self._loader("test", train=False)
+
+    def describe(self) -> dict[str, Any]:
+        """What summary.json records about the data."""
+        return {
+            "name": self.name,
+            "root": str(self.data_root()),
+            "fingerprint": self.fingerprint,
+            "source_classes": self.source_classes,
+            "class_names": self.class_names,
+            "class_weights": self.class_weights,
+            "counts": split_counts(self.samples, self.source_classes),
+            "skipped_files": {str(p): r for p, r in self.bad_files.items()},
+            "citation": self.citation,
+        }

@@ -1,0 +1,80 @@
+"""The torch Dataset: decode to RGB uint8, resize, augment with albumentations, return a CHW uint8 tensor."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from bcd.data.decode import read_rgb
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize to size x size: area averaging when shrinking (no aliasing), bicubic when enlarging."""
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    shrinking = image.shape[0] * image.shape[1] > size * size
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+
+
+def load_image(path: Path, size: int, max_pixels: int | None) -> np.ndarray:
+    """Decode one file and resize it to the model's input size."""
+    return resize_square(read_rgb(path, max_pixels=max_pixels), size)
+
+
+def build_cache(paths: Sequence[Path], size: int, max_pixels: int | None, workers: int = 4) -> np.ndarray:
+    """Decode every image once into one contiguous array, which forked loader workers share copy-on-write."""
+    cache = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+
+    def fill(i: int) -> None:
+        cache[i] = load_image(paths[i], size, max_pixels)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(fill, range(len(paths))))
+    return cache
+
+
+class SmearDataset(Dataset):
+    """Images and integer targets; items are keyed by index or by (index, augmentation seed)."""
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        targets: Sequence[int],
+        img_size: int,
+        augment: A.Compose | None = None,
+        cache: np.ndarray | None = None,
+        max_pixels: int | None = None,
+    ) -> None:
+        self.paths = list(paths)
+        self.targets = list(targets)
+        self.img_size = img_size
+        self.augment = augment
+        self.cache = cache
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def image(self, index: int) -> np.ndarray:
+        """The resized, un-augmented image as HxWx3 uint8."""
+        if self.cache is not None:
+            return self.cache[index]
+        return load_image(self.paths[index], self.img_size, self.max_pixels)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = key if isinstance(key, tuple) else (key, 0)
+        image = self.image(index)
+        if self.augment is not None:
+            # seeding per item makes augmentation depend on (seed, epoch, item) only, not on worker state
+            self.augment.set_random_state(np.random.default_rng(seed), random.Random(seed))
+            image = self.augment(image=image)["image"]
+        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return tensor, self.targets[index]

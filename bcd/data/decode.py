@@ -1,0 +1,166 @@
+"""Strict, uniform image decoding: every image becomes an HxWx3 uint8 RGB array or a clear error."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+__all__ = ["IMAGE_EXTENSIONS", "UnreadableImageError", "read_rgb"]
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+# Leading bytes of the formats we accept, so a file PIL cannot parse can be reported as a *corrupt* image
+# rather than "not an image" when it clearly started life as one.
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"RIFF", "WEBP"),
+)
+
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+
+
+class UnreadableImageError(ValueError):
+    """A file that cannot be decoded as an image; carries the path and a short reason."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self) -> tuple[type[UnreadableImageError], tuple[Path, str]]:
+        """Pickle by (path, reason) so the error survives DataLoader worker processes."""
+        return (type(self), (self.path, self.reason))
+
+
+def read_rgb(path: str | Path, max_pixels: int | None = 100_000_000) -> np.ndarray:
+    """Decode an image file to an HxWx3 uint8 RGB array (EXIF orientation applied)."""
+    path = Path(path)
+    # One read into memory: the audit hashes the same bytes, and BytesIO avoids PIL keeping file handles open.
+    data = path.read_bytes()
+    return decode_bytes(data, path, max_pixels=max_pixels)
+
+
+def decode_bytes(data: bytes, path: str | Path, max_pixels: int | None = 100_000_000) -> np.ndarray:
+    """Decode in-memory file bytes to an HxWx3 uint8 RGB array; `path` is used only in error messages."""
+    path = Path(path)
+    _require_strict_truncation()
+    if not data:
+        raise UnreadableImageError(path, "empty file (0 bytes)")
+
+    try:
+        img = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        # The warning only arrives here as an exception when the caller turned warnings into errors.
+        raise UnreadableImageError(path, f"image too large ({e} Raise PIL.Image.MAX_IMAGE_PIXELS)") from e
+    except UnidentifiedImageError as e:
+        kind = _sniff(data)
+        if kind is None:
+            raise UnreadableImageError(path, "not an image (cannot identify image format)") from e
+        raise UnreadableImageError(
+            path, f"truncated or corrupt image data ({kind} signature but unparseable header)"
+        ) from e
+    except Exception as e:  # PIL plugins raise many exception types on malformed headers
+        raise UnreadableImageError(path, f"truncated or corrupt image data ({type(e).__name__}: {e})") from e
+
+    with img:
+        width, height = img.size
+        # Checked on the header size, before load(), so an oversized file never allocates its pixels.
+        if max_pixels is not None and width * height > max_pixels:
+            raise UnreadableImageError(
+                path, f"image too large ({width} x {height} pixels > limit {max_pixels}); raise max_pixels"
+            )
+        try:
+            img.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise UnreadableImageError(path, f"image too large ({e} Raise PIL.Image.MAX_IMAGE_PIXELS)") from e
+        except Exception as e:  # decoders raise OSError, SyntaxError, ValueError, EOFError...
+            raise UnreadableImageError(
+                path, f"truncated or corrupt image data ({type(e).__name__}: {e})"
+            ) from e
+
+        try:
+            oriented = ImageOps.exif_transpose(img)
+        except Exception as e:  # a malformed EXIF block is data corruption, not a bug here
+            raise UnreadableImageError(path, f"corrupt EXIF metadata ({type(e).__name__}: {e})") from e
+
+        try:
+            arr = _to_rgb_array(oriented)
+        except ValueError as e:
+            raise UnreadableImageError(path, f"unsupported image mode {oriented.mode!r} ({e})") from e
+
+    return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+def _require_strict_truncation() -> None:
+    """Refuse to decode if someone enabled PIL's global 'accept truncated images' switch."""
+    # With the flag on, PIL silently pads a truncated image with grey, and the audit would pass broken files.
+    # The flag is process-global, so flipping it back here would race with other threads; fail loudly instead.
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise RuntimeError(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True (set by some imported module); truncated images "
+            "would decode silently. Set PIL.ImageFile.LOAD_TRUNCATED_IMAGES = False before reading images."
+        )
+
+
+def _sniff(data: bytes) -> str | None:
+    """Name of the image format whose signature `data` starts with, if any."""
+    for magic, name in _MAGIC:
+        if data.startswith(magic):
+            if name == "WEBP" and data[8:12] != b"WEBP":
+                continue
+            return name
+    return None
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Convert a loaded PIL image of any supported mode to an HxWx3 uint8 array."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        # Integer rounding of x / 257 maps the full 0..65535 range exactly onto 0..255.
+        gray16 = np.asarray(img).astype(np.uint32)
+        return _gray_to_rgb(((gray16 + 128) // 257).astype(np.uint8))
+    if mode in ("I", "F"):
+        return _gray_to_rgb(_scale_wide_gray(np.asarray(img), is_float=mode == "F"))
+
+    palette_alpha = mode == "P" and img.palette is not None and "A" in img.palette.mode
+    if mode in _ALPHA_MODES or palette_alpha or "transparency" in img.info:
+        # Smear backgrounds are white/pale: compositing on black would invent a dark frame around the cells.
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+
+    if img.mode == "L":
+        return _gray_to_rgb(np.asarray(img))
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img)
+
+
+def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    """Replicate a uint8 HxW array into three channels."""
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def _scale_wide_gray(values: np.ndarray, is_float: bool) -> np.ndarray:
+    """Scale 32-bit int or float grayscale to uint8 using the bit depth implied by the value range."""
+    # PIL's "I"/"F" modes do not record the source bit depth, so infer it: [0,1] floats, then the smallest of
+    # 8/16/32-bit integer ranges that holds the maximum. A dim 16-bit image can be mistaken for 8-bit.
+    values = values.astype(np.float64)
+    peak = float(values.max()) if values.size else 0.0
+    if is_float and peak <= 1.0:
+        scale = 1.0 / 255.0
+    elif peak <= 255:
+        scale = 1.0
+    elif peak <= 65535:
+        scale = 257.0
+    else:
+        scale = (2.0**32 - 1) / 255.0
+    return np.clip(np.rint(values / scale), 0, 255).astype(np.uint8)

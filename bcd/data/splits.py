@@ -1,0 +1,142 @@
+"""Duplicate- and group-aware stratified train/val/test splits, and the split manifest that records them."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from bcd.data.sources import SPLITS, DatasetError, Sample
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = ("path", "label", "group", "split", "sha1")
+
+
+def split_groups(samples: Sequence[Sample], dedup: str) -> list[str]:
+    """One group id per sample: rows of one `group` and (with dedup=exact) byte-identical files share an id."""
+    if dedup not in ("exact", "none"):
+        raise DatasetError(f"dataset.dedup: {dedup!r} is not one of ['exact', 'none']")
+    parent = list(range(len(samples)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union_by(key_of: list[str | None]) -> None:
+        first: dict[str, int] = {}
+        for i, key in enumerate(key_of):
+            if key is None:
+                continue
+            if key in first:
+                parent[find(i)] = find(first[key])
+            else:
+                first[key] = i
+
+    union_by([s.group for s in samples])
+    if dedup == "exact":
+        union_by([s.sha1 for s in samples])
+    return [f"g{find(i)}" for i in range(len(samples))]
+
+
+def _holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of a stratified, group-respecting held-out part of about `fraction` of the rows."""
+    n_splits = max(2, round(1.0 / fraction))
+    if len(set(groups)) < n_splits:
+        raise DatasetError(
+            f"dataset: {len(set(groups))} independent images/groups are too few to hold out {fraction:.0%}; "
+            "add images or lower dataset.val_fraction / dataset.test_fraction"
+        )
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    _, held = next(folds.split(np.zeros(len(labels)), labels, groups))
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[held] = True
+    return mask
+
+
+def assign_splits(
+    samples: Sequence[Sample], val_fraction: float, test_fraction: float, seed: int, dedup: str = "exact"
+) -> list[Sample]:
+    """Give every sample a split; splits already set (pre-split folders, a manifest) are kept as they are."""
+    for key, value in (("dataset.val_fraction", val_fraction), ("dataset.test_fraction", test_fraction)):
+        if not 0.0 <= value < 0.5:
+            raise DatasetError(f"{key}: {value} must be in [0, 0.5)")
+    labels = np.array([s.label for s in samples])
+    groups = np.array(split_groups(samples, dedup))
+    splits = np.array([s.split or "" for s in samples], dtype=object)
+    if not splits.all():
+        splits[:] = "train"
+        if test_fraction > 0:
+            splits[_holdout(labels, groups, test_fraction, seed)] = "test"
+    if val_fraction > 0 and "val" not in splits:
+        train = np.flatnonzero(splits == "train")
+        # val is a fraction of the whole dataset, so carve a larger share out of what is left for training
+        share = val_fraction / (1.0 - (splits == "test").mean())
+        splits[train[_holdout(labels[train], groups[train], share, seed + 1)]] = "val"
+    _warn_leaks(samples, splits)
+    return [replace(s, split=str(split)) for s, split in zip(samples, splits, strict=True)]
+
+
+def _warn_leaks(samples: Sequence[Sample], splits: np.ndarray) -> None:
+    """Warn when identical files sit on different sides of a split that was given to us."""
+    sides: dict[str, set[str]] = {}
+    for sample, split in zip(samples, splits, strict=True):
+        if sample.sha1:
+            sides.setdefault(sample.sha1, set()).add(str(split))
+    leaks = sum(len(s) > 1 for s in sides.values())
+    if leaks:
+        log.warning("%d byte-identical file(s) sit in more than one split: test images leak into training", leaks)
+
+
+def class_weights(labels: Sequence[int], num_classes: int) -> list[float]:
+    """Inverse-frequency weights n / (C * n_c) from the given (training) labels; every class must occur."""
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=num_classes)
+    if (counts == 0).any():
+        missing = np.flatnonzero(counts == 0).tolist()
+        raise DatasetError(f"dataset: class index(es) {missing} have no training images; add images or classes")
+    return (counts.sum() / (num_classes * counts)).astype(float).tolist()
+
+
+def write_manifest(path: Path, samples: Sequence[Sample], root: Path) -> None:
+    """Write the split manifest CSV (paths relative to root) that dataset.split_manifest reads back."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(MANIFEST_COLUMNS)
+        for s in samples:
+            rel = s.path.relative_to(root) if s.path.is_relative_to(root) else s.path
+            writer.writerow([rel.as_posix(), s.label, s.group or "", s.split or "", s.sha1 or ""])
+
+
+def check_hashes(samples: Sequence[Sample], hashes: dict[Path, str], key: str) -> None:
+    """Fail when a file's content differs from the sha1 recorded in a reused manifest."""
+    changed = [str(s.path) for s in samples if s.sha1 and hashes.get(s.path) not in (None, s.sha1)]
+    if changed:
+        raise DatasetError(
+            f"{key}: {len(changed)} file(s) changed since the manifest was written, e.g. {changed[:3]}; "
+            "the split would not be the recorded one. Restore the files or drop the manifest"
+        )
+
+
+def fingerprint(samples: Sequence[Sample], root: Path) -> str:
+    """A short hash of (relative path, label, content) over all samples: same data, same fingerprint."""
+    digest = hashlib.sha1()
+    for s in sorted(samples, key=lambda s: str(s.path)):
+        rel = s.path.relative_to(root) if s.path.is_relative_to(root) else s.path
+        digest.update(f"{rel.as_posix()}\t{s.label}\t{s.sha1}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def split_counts(samples: Sequence[Sample], class_names: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Images per split and class, for logs and summary.json."""
+    counts = {split: dict.fromkeys(class_names, 0) for split in SPLITS}
+    for s in samples:
+        counts[s.split][s.label] += 1
+    return counts

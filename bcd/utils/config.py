@@ -1,0 +1,44 @@
+"""Checks and conversions of the composed Hydra config, done before any data is read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and the fix."""
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail fast on config values that would only break later (after data loading or hours of training)."""
+    if OmegaConf.is_missing(cfg.dataset, "root"):
+        raise ConfigError(
+            "dataset.root is not set: pass dataset.root=/path/to/images (the folder holding the class "
+            "folders), or set BCD_DATA, or run with dataset=synthetic"
+        )
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but this machine has no usable CUDA GPU "
+            "(torch.cuda.is_available() is False); use trainer.accelerator=cpu or auto"
+        )
+    if cfg.task.name not in ("multiclass", "binary"):
+        raise ConfigError(f"task: {cfg.task.name!r} is not one of ['multiclass', 'binary']")
+
+
+def to_plain(node: Any) -> Any:
+    """A resolved plain dict/list copy of a config node (what checkpoints and loggers can store)."""
+    if isinstance(node, DictConfig) or OmegaConf.is_list(node):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def instantiate_dict(node: DictConfig | None) -> list[Any]:
+    """Instantiate every non-null entry of a config group such as callbacks or logger, in order."""
+    if not node:
+        return []
+    return [instantiate(entry) for entry in node.values() if entry is not None]
