@@ -15,6 +15,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig
 
 from bcd.models.backbone import native_img_size
@@ -58,8 +59,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         class_weights=datamodule.class_weights,
         normalize=cfg.augmentation.normalize,
     )
-    callbacks = instantiate_dict(cfg.callbacks)
     loggers = instantiate_dict(cfg.logger)
+    callbacks = instantiate_dict(cfg.callbacks)
+    if not loggers:  # Lightning refuses a learning-rate monitor with nowhere to log to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams({"config": to_plain(cfg)})

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import albumentations as A
-import cv2
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
@@ -33,12 +32,6 @@ from bcd.data.synthetic import ensure_synthetic_dataset
 log = logging.getLogger(__name__)
 
 BINARY_CLASS_NAMES = ["benign", "malignant"]
-
-
-def _worker_init(_: int) -> None:
-    """Each loader worker decodes one image at a time: more threads per worker only oversubscribe the CPU."""
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
 
 
 class SmearDataModule(L.LightningDataModule):
@@ -216,7 +209,6 @@ class SmearDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            worker_init_fn=_worker_init,
             # worker seeds come from here, not from the global RNG, so starting workers cannot shift dropout masks
             generator=torch.Generator().manual_seed(self.seed),
             # a last batch of one image breaks BatchNorm in training

@@ -15,6 +15,10 @@ from torch.utils.data import Dataset
 
 from bcd.data.decode import read_rgb
 
+# One OpenCV thread: images are processed in parallel by loader workers (torch already gives each worker
+# one intra-op thread). Setting this inside a forked worker instead can deadlock on the parent's pool.
+cv2.setNumThreads(1)
+
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     """Resize to size x size: area averaging when shrinking (no aliasing), bicubic when enlarging."""

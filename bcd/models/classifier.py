@@ -109,7 +109,8 @@ class Classifier(L.LightningModule):
         """Log loss and metrics computed over every image of the epoch (synchronised across ranks)."""
         values = metrics.compute(prefix)
         values[f"{prefix}/loss"] = loss_metric.compute()
-        self.log_dict(values)
+        # already global (torchmetrics synchronised them); sync_dist only tells Lightning so
+        self.log_dict(values, sync_dist=True)
         if prefix == "test":
             self.test_confusion = metrics.confusion_matrix()
         loss_metric.reset()

@@ -18,7 +18,7 @@ def check_config(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg.dataset, "root"):
         raise ConfigError(
             "dataset.root is not set: pass dataset.root=/path/to/images (the folder holding the class "
-            "folders), or set BCD_DATA, or run with dataset=synthetic"
+            "folders), or run with dataset=synthetic"
         )
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
