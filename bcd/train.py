@@ -76,31 +76,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # the other ranks are done; metrics below must not wait for them
             torch.distributed.destroy_process_group()
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best = _best_checkpoint(trainer)
         tested = load_classifier(best) if best else model
         test_metrics = test_on_one_device(cfg, tested, datamodule, loggers) if cfg.test else {}
-        summary = {
-            "run_dir": str(output_dir),
-            "command": command_line(),
-            "task": cfg.task.name,
-            "model": cfg.model.name,
-            "img_size": img_size,
-            "class_names": datamodule.class_names,
-            "dataset": datamodule.describe(),
-            "metrics": {"test": test_metrics, "final": final_metrics},
-            "test_confusion_matrix": tested.test_confusion,
-            "checkpoints": {"best": best, "last": _last_checkpoint(trainer)},
-            "epochs": trainer.current_epoch,
-            "global_step": trainer.global_step,
-            "timings_s": {
-                "prepare": round(prepared - started, 2),
-                "fit": round(fitted - prepared, 2),
-                "test": round(time.time() - fitted, 2),
-                "total": round(time.time() - started, 2),
-            },
-            "seed": cfg.seed,
-            "versions": library_versions(),
-        }
+        timings = {"prepare": prepared - started, "fit": fitted - prepared, "test": time.time() - fitted}
+        summary = run_summary(cfg, trainer, datamodule, tested, test_metrics, final_metrics, timings)
         write_json(output_dir / "summary.json", summary)
     log.info("test metrics: %s", {k: round(v, 4) for k, v in test_metrics.items() if k.count("/") == 1})
     log.info("run dir: %s", output_dir)
@@ -111,6 +91,9 @@ def test_on_one_device(
     cfg: DictConfig, model: Classifier, datamodule: L.LightningDataModule, loggers: list
 ) -> dict[str, float]:
     """Test the model in this process alone, so no image is padded, duplicated or split across ranks."""
+    if not datamodule.split_samples("test"):
+        log.warning("no test split (dataset.test_fraction=0 or no test/ folder): skipping the test")
+        return {}
     tester = L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=1,
@@ -121,11 +104,42 @@ def test_on_one_device(
         enable_progress_bar=False,
         default_root_dir=cfg.paths.output_dir,
     )
-    if not datamodule.split_samples("test"):
-        log.warning("no test split (dataset.test_fraction=0 or no test/ folder): skipping the test")
-        return {}
     results = tester.test(model, datamodule=datamodule)
     return plain_metrics(results[0])
+
+
+def run_summary(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    datamodule: L.LightningDataModule,
+    tested: Classifier,
+    test_metrics: dict[str, float],
+    final_metrics: dict[str, float],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """What summary.json records: results, where they came from, and how to reproduce them."""
+    return {
+        "run_dir": str(cfg.paths.output_dir),
+        "command": command_line(),
+        "task": cfg.task.name,
+        "model": cfg.model.name,
+        "img_size": datamodule.img_size,
+        "class_names": datamodule.class_names,
+        "dataset": datamodule.describe(),
+        "metrics": {"test": test_metrics, "final": final_metrics},
+        "test_confusion_matrix": tested.test_confusion,
+        "checkpoints": {"best": _best_checkpoint(trainer), "last": _last_checkpoint(trainer)},
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "timings_s": {**{k: round(v, 2) for k, v in timings.items()}, "total": round(sum(timings.values()), 2)},
+        "seed": cfg.seed,
+        "versions": library_versions(),
+    }
+
+
+def _best_checkpoint(trainer: L.Trainer) -> str:
+    """Path of the best checkpoint by the monitored metric ('' when none was saved)."""
+    return trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
 
 
 def _last_checkpoint(trainer: L.Trainer) -> str:

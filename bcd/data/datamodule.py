@@ -94,15 +94,19 @@ class SmearDataModule(L.LightningDataModule):
         self.img_size = img_size
         self.augment = A.Compose(list(augment)) if augment else None
         self.seed = seed
+        # filled in by prepare()
+        self.data_dir: Path | None = None
         self.samples: list[Sample] = []
         self.source_classes: list[str] = []
         self.bad_files: dict[Path, str] = {}
+        self.class_weights: list[float] = []
+        self.fingerprint = ""
         self.datasets: dict[str, SmearDataset] = {}
 
     # ---- preparing the split (once per process, before the model is built) ----
     def prepare(self, output_dir: Path | None = None) -> None:
         """Scan, audit and split the data; write the manifest (and skipped files) to output_dir when given."""
-        root = self.data_root()
+        root = self.data_dir = self.data_root()
         if self.split_manifest is not None:
             samples, classes = read_manifest(self.split_manifest, root, self.classes, key="dataset.split_manifest")
         else:
@@ -231,7 +235,7 @@ class SmearDataModule(L.LightningDataModule):
         """What summary.json records about the data."""
         return {
             "name": self.name,
-            "root": str(self.data_root()),
+            "root": str(self.data_dir),
             "fingerprint": self.fingerprint,
             "source_classes": self.source_classes,
             "class_names": self.class_names,
