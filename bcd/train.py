@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bcd.models.backbone import native_img_size
 from bcd.models.classifier import Classifier, load_classifier
@@ -46,6 +46,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     img_size = cfg.model.img_size or native_img_size(cfg.model.name)
     augment = [instantiate(t) for t in cfg.augmentation.train.values() if t is not None]
     datamodule = instantiate(cfg.dataset, task=cfg.task.name, img_size=img_size, augment=augment, seed=cfg.seed)
+    if is_main_process():
+        # resolved (unlike Hydra's .hydra/config.yaml): what evaluate and later tools read back
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     datamodule.prepare(output_dir if is_main_process() else None)
     prepared = time.time()
 

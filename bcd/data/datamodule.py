@@ -219,6 +219,18 @@ class SmearDataModule(L.LightningDataModule):
             drop_last=train and len(sampler) > self.batch_size,
         )
 
+    def loader(self, split: str) -> DataLoader:
+        """An evaluation loader over any split (no shuffling; augmentation only if this module has it)."""
+        return self._loader(split, train=False)
+
+    def positive_class_indices(self) -> list[int] | None:
+        """Indices of the malignant classes among class_names, for sensitivity and specificity."""
+        if self.task == "binary":
+            return [1]
+        if not self.negative_classes:
+            return None
+        return [i for i, name in enumerate(self.class_names) if name not in self.negative_classes]
+
     def train_dataloader(self) -> DataLoader:
         """Training batches: shuffled (or class-balanced), augmented."""
         return self._loader("train", train=True)

@@ -76,12 +76,17 @@ class Classifier(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
+    def class_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """One logit per class (N, C): the binary task's single logit z becomes [0, z], since sigmoid(z) =
+        softmax([0, z])[1]; so softmax, temperature scaling and metrics treat both tasks alike."""
+        if self.binary:
+            z = logits.float().reshape(-1, 1)
+            return torch.cat([torch.zeros_like(z), z], dim=1)
+        return logits.float()
+
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Class probabilities (N, C); for the binary task [P(benign), P(malignant)]."""
-        if self.binary:
-            p = torch.sigmoid(logits.float().reshape(-1))
-            return torch.stack([1 - p, p], dim=1)
-        return torch.softmax(logits.float(), dim=1)
+        return torch.softmax(self.class_logits(logits), dim=1)
 
     def on_train_epoch_start(self) -> None:
         """Keep the backbone frozen (weights and BatchNorm statistics) for the first freeze_backbone_epochs."""

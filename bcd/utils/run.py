@@ -26,7 +26,7 @@ def is_main_process() -> bool:
 
 def ensure_new_run_dir(output_dir: Path) -> None:
     """Refuse to start in a directory that already holds a run's results (runs never overwrite runs)."""
-    taken = [name for name in ("summary.json", "split_manifest.csv") if (output_dir / name).exists()]
+    taken = [name for name in ("summary.json", "split_manifest.csv", "metrics.json") if (output_dir / name).exists()]
     if taken:
         raise FileExistsError(
             f"paths.output_dir: {output_dir} already holds a run ({', '.join(taken)}); bcd never overwrites "

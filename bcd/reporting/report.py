@@ -1,0 +1,198 @@
+"""The human-readable outputs of an evaluation: predictions.csv, report.md and MODEL_CARD.md."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bcd.data.sources import Sample
+from bcd.reporting.stats import Estimate, softmax_with_temperature
+from bcd.reporting.trained_run import TrainedRun
+
+HEADLINE = [
+    ("acc", "Accuracy"),
+    ("balanced_acc", "Balanced accuracy"),
+    ("macro_f1", "Macro F1"),
+    ("macro_precision", "Macro precision"),
+    ("macro_recall", "Macro recall"),
+    ("auroc", "AUROC (one-vs-rest, macro)"),
+    ("sensitivity", "Sensitivity, malignant vs benign"),
+    ("specificity", "Specificity, malignant vs benign"),
+]
+INTENDED_USE = (
+    "Research support and screening studies on peripheral blood smear images. It is not a diagnostic "
+    "device: a hematologist or pathologist must review every case, and it has not been validated on "
+    "images from other hospitals, microscopes, cameras or staining protocols."
+)
+
+
+def write_predictions(
+    path: Path,
+    samples: Sequence[Sample],
+    splits: Sequence[str],
+    logits: np.ndarray,
+    targets: np.ndarray,
+    class_names: Sequence[str],
+    temperature: float | None,
+) -> None:
+    """One row per image: path, split, true and predicted label, and the probability of every class."""
+    probs = softmax_with_temperature(logits, temperature or 1.0)
+    with path.open("x", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "split", "true_label", "predicted_label", *(f"prob_{c}" for c in class_names)])
+        for sample, target, row in zip(samples, targets, probs, strict=True):
+            writer.writerow(
+                [sample.path, sample.split, class_names[target], class_names[int(row.argmax())],
+                 *(f"{p:.6f}" for p in row)]
+            )
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+def _headline_rows(estimates: Mapping[str, Estimate]) -> list[list[str]]:
+    return [[label, estimates[key].format()] for key, label in HEADLINE if key in estimates]
+
+
+def _per_class_rows(estimates: Mapping[str, Estimate], class_names: Sequence[str]) -> list[list[str]]:
+    return [
+        [name, *(estimates[f"{metric}/{name}"].format() for metric in ("precision", "recall", "f1")),
+         int(estimates[f"support/{name}"].value)]
+        for name in class_names
+    ]
+
+
+def _calibration_rows(calibration: Mapping[str, Any]) -> list[list[str]]:
+    """ECE and Brier score before and (when a temperature was fitted) after temperature scaling."""
+    rows = [["before temperature scaling", calibration["before"]]]
+    if calibration.get("after"):
+        rows.append([f"after (T = {calibration['temperature']:.3f}, fitted on val)", calibration["after"]])
+    return [[label, f"{values['ece']:.4f}", f"{values['brier']:.4f}"] for label, values in rows]
+
+
+def _data_lines(result: Mapping[str, Any], run: TrainedRun, datamodule: Any) -> list[str]:
+    """Where the images came from and how they were split."""
+    counts = {split: Counter(s.label for s in datamodule.split_samples(split)) for split in ("train", "val", "test")}
+    duplicates = sum(n - 1 for n in Counter(s.sha1 for s in datamodule.samples).values() if n > 1)
+    rows = [[split, *(counts[split][c] for c in datamodule.source_classes), sum(counts[split].values())]
+            for split in counts]
+    return [
+        f"- Dataset: **{datamodule.name}** ({datamodule.data_dir}), fingerprint `{datamodule.fingerprint}`",
+        f"- Classes: {', '.join(datamodule.source_classes)}"
+        + (f"; benign: {', '.join(datamodule.negative_classes)}" if datamodule.negative_classes else ""),
+        "- Split: stratified, image-level, byte-identical files kept on one side "
+        f"({duplicates} duplicate file(s) found); groups honoured when the data has a group column. "
+        "There are no patient IDs, so images of one patient can sit in train and test.",
+        "",
+        *_table(["split", *datamodule.source_classes, "total"], rows),
+    ]
+
+
+def write_report(
+    path: Path,
+    result: Mapping[str, Any],
+    estimates: Mapping[str, Estimate],
+    figures: Mapping[str, Path],
+    run: TrainedRun,
+    datamodule: Any,
+) -> None:
+    """report.md: the paper-style tables with confidence intervals, calibration and the figures."""
+    class_names = result["class_names"]
+    level = f"{result['ci_level']:.0%}"
+    calibration = result["calibration"]
+    lines = [
+        f"# Evaluation of `{run.checkpoint.name}`",
+        "",
+        f"- Checkpoint: `{run.checkpoint}`",
+        f"- Split: **{result['split']}**, {result['n_images']} images; "
+        f"{level} confidence intervals from {result['n_boot']} bootstrap resamples of the images.",
+        "",
+        "## Headline metrics",
+        "",
+        *_table(["metric", f"value [{level} CI]"], _headline_rows(estimates)),
+        "",
+        "## Per class",
+        "",
+        *_table(["class", "precision", "recall", "F1", "support"], _per_class_rows(estimates, class_names)),
+        "",
+        "## Confusion matrix (rows: true, columns: predicted)",
+        "",
+        *_table(["", *class_names], [[name, *row] for name, row in zip(class_names, result["confusion_matrix"],
+                                                                        strict=True)]),
+        "",
+        "## Calibration",
+        "",
+        *_table(["", "ECE", "Brier"], _calibration_rows(calibration)),
+        "",
+        "## Data",
+        "",
+        *_data_lines(result, run, datamodule),
+        "",
+        "## Figures",
+        "",
+        *(f"![{name}]({figure.name})" for name, figure in figures.items()),
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def write_model_card(
+    path: Path, result: Mapping[str, Any], estimates: Mapping[str, Estimate], run: TrainedRun, datamodule: Any
+) -> None:
+    """MODEL_CARD.md: data, training recipe, metrics, calibration, intended use and known limitations."""
+    config = run.config
+    recipe = []
+    if config is not None:
+        recipe = [
+            f"- Model: `{config.model.name}` at {run.img_size} px, head `{config.model.head}`, "
+            f"pretrained: {config.model.pretrained}, weights file: {config.model.weights_path}",
+            f"- Task: {config.task.name}; loss `{config.loss._target_.rsplit('.', 1)[-1]}`; optimizer "
+            f"`{config.optimizer._target_.rsplit('.', 1)[-1]}` lr {config.optimizer.lr}",
+            f"- Epochs trained: {run.summary.get('epochs', 'unknown')} (max {config.trainer.max_epochs}); "
+            f"augmentation: {', '.join(config.augmentation.train) or 'none'}; seed {config.seed}",
+        ]
+    calibration = result["calibration"]
+    lines = [
+        f"# Model card: `{run.checkpoint.name}`",
+        "",
+        "## Intended use",
+        "",
+        INTENDED_USE,
+        "",
+        "## Data",
+        "",
+        *_data_lines(result, run, datamodule),
+        "",
+        "## Training",
+        "",
+        *recipe,
+        "",
+        f"## Performance on the {result['split']} split ({result['n_images']} images)",
+        "",
+        *_table(["metric", f"value [{result['ci_level']:.0%} CI]"], _headline_rows(estimates)),
+        "",
+        f"Calibration: ECE {calibration['before']['ece']:.4f} before"
+        + (f", {calibration['after']['ece']:.4f} after temperature scaling (T = {calibration['temperature']:.3f})"
+           if calibration.get("after") else "")
+        + ".",
+        "",
+        "## Known limitations",
+        "",
+        "- The split is image-level: the public Taleqani release has no patient IDs, so images of one patient "
+        "(about 37 per patient) can be in both training and test; scores are optimistic for new patients.",
+        "- The classes differ in stain colour and illumination as well as in cell morphology; a model can "
+        "score high by recognising the slide rather than the cell, and may fail on another lab's stain.",
+        "- Confidence intervals reflect resampling of these test images only, not variation between "
+        "hospitals, devices or staining protocols.",
+        "",
+    ]
+    path.write_text("\n".join(lines))

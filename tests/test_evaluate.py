@@ -1,0 +1,87 @@
+"""`python -m bcd.evaluate` on a checkpoint trained in the test: metrics with CIs, calibration, plots, report."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from tests.conftest import CONF, run_cli
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_cache: Path) -> dict:
+    """A tiny model trained for two epochs with W&B (offline) and CSV logging."""
+    from bcd.train import train
+    from tests.conftest import compose_train, tiny_overrides
+
+    out = tmp_path_factory.mktemp("trained")
+    base = [o for o in tiny_overrides(synthetic_cache) if not o.startswith("logger=")]
+    cfg = compose_train([*base, "logger=[wandb,csv]", "trainer.max_epochs=2", f"paths.output_dir={out}"])
+    return train(cfg)
+
+
+def run_evaluate(tmp_path: Path, *overrides: str) -> tuple[dict, Path]:
+    """bcd.evaluate.evaluate with the composed evaluate config, writing to a fresh dir."""
+    from bcd.evaluate import evaluate
+
+    out = tmp_path / "report"
+    out.mkdir()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=[f"paths.output_dir={out}", "n_boot=200", *overrides])
+    return evaluate(cfg), out
+
+
+def test_evaluate_writes_the_whole_report(trained: dict, tmp_path: Path) -> None:
+    result, out = run_evaluate(tmp_path, f"ckpt_path={trained['checkpoints']['best']}")
+    n_test = sum(trained["dataset"]["counts"]["test"].values())
+    assert result["n_images"] == n_test
+    for name in ("acc", "balanced_acc", "macro_f1", "auroc", "sensitivity", "specificity", "f1/Benign"):
+        estimate = result["metrics"][name]
+        assert estimate["low"] <= estimate["value"] <= estimate["high"], name
+    # the point estimate is the one training reported for the same checkpoint and split
+    assert result["metrics"]["acc"]["value"] == pytest.approx(trained["metrics"]["test"]["test/acc"], abs=1e-6)
+    assert result["metrics"]["macro_f1"]["value"] == pytest.approx(trained["metrics"]["test"]["test/macro_f1"], abs=1e-6)
+    assert result["calibration"]["temperature"] > 0
+    assert {"ece", "brier"} <= set(result["calibration"]["before"]) and result["calibration"]["after"]
+
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["metrics"]["acc"] == result["metrics"]["acc"]
+    assert json.loads((out / "calibration.json").read_text())["temperature"] == result["calibration"]["temperature"]
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert len(rows) == n_test and {"path", "true_label", "predicted_label", "prob_Pro"} <= set(rows[0])
+    report = (out / "report.md").read_text()
+    assert "| Benign |" in report and "95% CI" in report and "ECE" in report
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "Intended use" in card and "not a diagnostic" in card and "no patient IDs" in card
+    for png in ("confusion_matrix", "confusion_matrix_normalized", "roc", "precision_recall", "reliability",
+                "training_curves"):
+        image = Image.open(out / f"{png}.png")
+        assert image.format == "PNG" and image.width > 300 and image.height > 300, png
+        assert f"{png}.png" in report
+    assert len(list((out / "wandb").glob("offline-run-*"))) == 1
+
+
+def test_evaluate_a_new_dataset_on_all_images(trained: dict, image_folder: Path, tmp_path: Path) -> None:
+    overrides = [f"ckpt_path={trained['checkpoints']['last']}", "dataset=folder", f"dataset.root={image_folder}",
+                 "split=all", "wandb=false"]
+    result, out = run_evaluate(tmp_path, *overrides)
+    assert result["n_images"] == 48
+    assert not (out / "wandb").exists()
+
+
+def test_evaluate_refuses_a_missing_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="ckpt_path"):
+        run_evaluate(tmp_path, f"ckpt_path={tmp_path / 'nope.ckpt'}")
+
+
+@pytest.mark.slow
+def test_evaluate_from_the_command_line(trained: dict, tmp_path: Path) -> None:
+    result = run_cli(["bcd.evaluate", f"ckpt_path={trained['checkpoints']['best']}", "n_boot=100"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (report_dir,) = (tmp_path / "outputs" / "evaluate" / "runs").iterdir()
+    assert (report_dir / "report.md").is_file() and (report_dir / "MODEL_CARD.md").is_file()
