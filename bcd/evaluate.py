@@ -72,7 +72,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "confusion_matrix": stats.confusion_matrix(logits.argmax(1), targets, len(datamodule.class_names)).tolist(),
     }
     write_json(out / "metrics.json", result)
-    write_json(out / "calibration.json", {"temperature": temperature, "fitted_on": "val", "checkpoint": str(run.checkpoint)})
+    fitted = {"temperature": temperature, "fitted_on": "val", "checkpoint": str(run.checkpoint)}
+    if "val" in predicted:
+        fitted["ood"] = stats.ood_threshold(predicted["val"][0], cfg.ood_quantile)
+    write_json(out / "calibration.json", fitted)
+    if not cfg.get("dataset"):
+        run.save_calibration(fitted)
     write_predictions(out / "predictions.csv", samples, splits, logits, targets, datamodule.class_names, temperature)
     figures = write_figures(out, logits, targets, datamodule.class_names, calibration["curves"], run.metrics_csv)
     write_report(out / "report.md", result, estimates, figures, run, datamodule)

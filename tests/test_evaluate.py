@@ -51,7 +51,11 @@ def test_evaluate_writes_the_whole_report(trained: dict, tmp_path: Path) -> None
 
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["metrics"]["acc"] == result["metrics"]["acc"]
-    assert json.loads((out / "calibration.json").read_text())["temperature"] == result["calibration"]["temperature"]
+    fitted = json.loads((out / "calibration.json").read_text())
+    assert fitted["temperature"] == result["calibration"]["temperature"]
+    assert fitted["ood"]["score"] == "energy" and fitted["ood"]["quantile"] == 0.95
+    best = Path(trained["checkpoints"]["best"])
+    assert json.loads(best.with_name(f"{best.stem}.calibration.json").read_text()) == fitted
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert len(rows) == n_test and {"path", "true_label", "predicted_label", "prob_Pro"} <= set(rows[0])
     report = (out / "report.md").read_text()
@@ -72,6 +76,9 @@ def test_evaluate_a_new_dataset_on_all_images(trained: dict, image_folder: Path,
     result, out = run_evaluate(tmp_path, *overrides)
     assert result["n_images"] == 48
     assert not (out / "wandb").exists()
+    # a temperature fitted on other data is not stored as the checkpoint's own
+    last = Path(trained["checkpoints"]["last"])
+    assert not last.with_name(f"{last.stem}.calibration.json").exists()
 
 
 def test_evaluate_refuses_a_missing_checkpoint(tmp_path: Path) -> None:

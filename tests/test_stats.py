@@ -266,3 +266,18 @@ def test_confusion_matrix_and_calibration_report() -> None:
     assert len(rep["curves"]) == 2
     no_t = calibration_report(logits, targets)
     assert no_t["after"] is None and no_t["temperature"] is None and len(no_t["curves"]) == 1
+
+
+def test_energy_score_and_ood_threshold() -> None:
+    from bcd.reporting.stats import energy_score, ood_threshold
+
+    logits = np.array([[10.0, 0.0, 0.0], [0.1, 0.0, 0.2]])
+    energy = energy_score(logits)
+    expected = -np.log(np.exp(logits).sum(axis=1))
+    np.testing.assert_allclose(energy, expected)
+    assert energy[0] < energy[1]  # the confident image is more "in distribution"
+    rng = np.random.default_rng(0)
+    val = rng.normal(size=(1000, 4)) * 3
+    fitted = ood_threshold(val, quantile=0.9)
+    assert fitted["score"] == "energy" and fitted["fitted_on"] == "val"
+    assert np.mean(energy_score(val) > fitted["threshold"]) == pytest.approx(0.1, abs=0.01)

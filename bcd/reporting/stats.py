@@ -345,3 +345,20 @@ def calibration_report(
     # Curves hold numpy arrays for plotting; everything else is JSON-serialisable as is.
     report["curves"] = curves
     return report
+
+
+def energy_score(logits: np.ndarray) -> np.ndarray:
+    """Energy -logsumexp(logits) per image (Liu et al. 2020): higher means further from the training data."""
+    logits = np.asarray(logits, dtype=np.float64)
+    top = logits.max(axis=1)
+    return -(top + np.log(np.exp(logits - top[:, None]).sum(axis=1)))
+
+
+def ood_threshold(val_logits: np.ndarray, quantile: float = 0.95) -> dict[str, float | str]:
+    """The energy above which an image counts as out of distribution: the given quantile on val images."""
+    return {
+        "score": "energy",
+        "threshold": float(np.quantile(energy_score(val_logits), quantile)),
+        "quantile": quantile,
+        "fitted_on": "val",
+    }

@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from bcd.models.backbone import native_img_size
+from bcd.utils.run import write_json
 
 
 @dataclass
@@ -51,6 +52,16 @@ class TrainedRun:
     def manifest(self) -> Path:
         """The run's split manifest."""
         return self.run_dir / "split_manifest.csv"
+
+    @property
+    def calibration_file(self) -> Path:
+        """Where the temperature and OOD threshold fitted on this run's val split are kept for bcd.predict."""
+        return self.checkpoint.with_name(f"{self.checkpoint.stem}.calibration.json")
+
+    def save_calibration(self, fitted: dict[str, Any]) -> None:
+        """Keep the fit beside the checkpoint; it depends only on checkpoint and split, so the first one stays."""
+        if not self.calibration_file.exists():
+            write_json(self.calibration_file, fitted)
 
     def check_classes(self, class_names: list[str]) -> None:
         """The data must have the checkpoint's classes, in the same order."""
