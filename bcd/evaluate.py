@@ -35,7 +35,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     model = load_classifier(run.checkpoint)
     dataset_cfg = cfg.dataset if cfg.get("dataset") else evaluation_dataset_config(run)
     datamodule = instantiate(
-        dataset_cfg, task=model.hparams.task, img_size=run.img_size, seed=cfg.seed,
+        dataset_cfg, task=model.hparams.task, img_size=run.img_size(model.hparams["model"]), seed=cfg.seed,
         batch_size=cfg.batch_size, num_workers=cfg.num_workers, cache_images=False,
     )
     datamodule.prepare()

@@ -7,7 +7,6 @@ of each image), predict.json and, with gradcam=true, Grad-CAM overlays and a con
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,16 +16,15 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from scipy.special import logsumexp
 
 from bcd.data.dataset import resize_square
 from bcd.data.decode import IMAGE_EXTENSIONS, UnreadableImageError, read_rgb
 from bcd.data.sources import list_images
-from bcd.models.backbone import native_img_size
 from bcd.models.classifier import Classifier, load_classifier
 from bcd.models.inference import pick_device
+from bcd.models.onnx_runner import OnnxRunner
 from bcd.reporting.gradcam import SHEET_MAX_IMAGES, gradcam, save_overlay, write_contact_sheet
-from bcd.reporting.stats import softmax_with_temperature
+from bcd.reporting.stats import energy_score, softmax_with_temperature
 from bcd.reporting.trained_run import TrainedRun
 from bcd.utils.run import ensure_new_run_dir, write_json
 
@@ -57,11 +55,18 @@ class TorchRunner:
         return self.model.class_logits(self.model(batch)).cpu().numpy().astype(np.float64)
 
 
-def make_runner(runtime: str, model: Classifier, device: torch.device) -> Runner:
-    """The runner for cfg.runtime."""
+def make_runner(runtime: str, model: Classifier, device: torch.device, onnx_path: str | None = None) -> Runner:
+    """The runner for cfg.runtime: the checkpoint in torch, or its ONNX export in ONNX Runtime."""
     if runtime == "torch":
         return TorchRunner(model, device)
-    raise ValueError(f"runtime: {runtime!r} is not supported; use runtime=torch")
+    if runtime == "onnx":
+        if onnx_path is None:
+            raise ValueError("onnx_path: runtime=onnx needs the model.onnx written by bcd.export (onnx_path=...)")
+        runner = OnnxRunner(onnx_path)
+        if runner.class_names != model.class_names:
+            raise ValueError(f"onnx_path: {onnx_path} predicts {runner.class_names}, the checkpoint {model.class_names}")
+        return runner
+    raise ValueError(f"runtime: {runtime!r} is not supported; use runtime=torch or runtime=onnx")
 
 
 def list_inputs(inputs: str | Path) -> list[Path]:
@@ -97,34 +102,6 @@ def csv_paths(csv_file: Path) -> list[Path]:
     return paths
 
 
-def model_img_size(run: TrainedRun, model: Classifier) -> int:
-    """The input size the model was trained at: the run's summary.json, else the checkpoint's model config."""
-    if "img_size" in run.summary:
-        return int(run.summary["img_size"])
-    model_cfg = model.hparams["model"]
-    return int(model_cfg.get("img_size") or native_img_size(model_cfg["name"]))
-
-
-def read_calibration(calibration: str | None, checkpoint: Path) -> tuple[dict[str, Any], Path | None]:
-    """calibration.json's contents and path; by default <checkpoint stem>.calibration.json when it exists."""
-    if calibration is None:
-        path = checkpoint.with_name(f"{checkpoint.stem}.calibration.json")
-        if not path.is_file():
-            return {}, None
-    else:
-        path = Path(calibration).expanduser().resolve()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"calibration: {path} does not exist; pass the calibration.json written by bcd.evaluate, or "
-                "calibration=null"
-            )
-    data = json.loads(path.read_text())
-    temperature = data.get("temperature")
-    if temperature is not None and not temperature > 0:
-        raise ValueError(f"calibration: {path} has temperature {temperature}; it must be > 0 (or null)")
-    return data, path
-
-
 def dihedral_views(images: np.ndarray) -> list[np.ndarray]:
     """The 8 flips and 90-degree rotations of a square NCHW batch (the identity first)."""
     rotations = [np.rot90(images, k, axes=(2, 3)) for k in range(4)]
@@ -136,7 +113,7 @@ def score(runner: Runner, images: np.ndarray, tta: bool, temperature: float | No
     logits = np.stack([runner.class_logits(view) for view in (dihedral_views(images) if tta else [images])])
     probs = softmax_with_temperature(logits, temperature or 1.0).mean(axis=0)
     # the energy is measured without the temperature, as the OOD threshold was fitted
-    energy = -logsumexp(logits, axis=-1).mean(axis=0)
+    energy = np.mean([energy_score(view_logits) for view_logits in logits], axis=0)
     return probs, energy
 
 
@@ -238,16 +215,17 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     ensure_new_run_dir(out)
     run = TrainedRun.from_checkpoint(cfg.ckpt_path)
     model = load_classifier(run.checkpoint)
+    device = pick_device(cfg.accelerator)
+    runner = make_runner(cfg.runtime, model, device, cfg.onnx_path)
     paths = list_inputs(cfg.inputs)
-    calibration, calibration_file = read_calibration(cfg.calibration, run.checkpoint)
+    calibration, calibration_file = run.calibration(cfg.calibration)
     ood_threshold = (calibration.get("ood") or {}).get("threshold")
     if ood_threshold is None:
         log.info("no OOD threshold available (run bcd.evaluate first and pass calibration=<its calibration.json>); "
                  "ood_score is reported but no image is flagged out of distribution")
-    device = pick_device(cfg.accelerator)
     predictor = Predictor(
-        runner=make_runner(cfg.runtime, model, device), model=model.eval().to(device), device=device,
-        img_size=model_img_size(run, model), max_pixels=cfg.max_pixels, tta=cfg.tta,
+        runner=runner, model=model.eval().to(device), device=device,
+        img_size=run.img_size(model.hparams["model"]), max_pixels=cfg.max_pixels, tta=cfg.tta,
         temperature=calibration.get("temperature"), ood_threshold=ood_threshold, abstain_below=cfg.abstain_below,
         gradcam_dir=out / "gradcam" if cfg.gradcam else None,
     )

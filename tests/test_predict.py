@@ -204,10 +204,13 @@ def test_gradcam_of_the_trained_classifier(trained: dict) -> None:
 
     model = load_classifier(trained["checkpoints"]["best"])
     assert feature_layer(model) is model.net.backbone.bn2
+    running_mean = model.net.backbone.bn2.running_mean.clone()
     images = torch.randint(0, 256, (3, 3, IMG, IMG), dtype=torch.uint8)
-    heatmaps = gradcam(model, images)
+    heatmaps = gradcam(model.train(), images)
     assert heatmaps.shape == (3, IMG, IMG) and heatmaps.min() >= 0.0 and heatmaps.max() <= 1.0
-    assert not model.training
+    # explaining changes nothing: training mode restored, BatchNorm statistics and weight gradients untouched
+    assert model.training and torch.equal(model.net.backbone.bn2.running_mean, running_mean)
+    assert all(p.grad is None for p in model.parameters())
 
 
 @pytest.mark.slow
@@ -218,3 +221,23 @@ def test_predict_from_the_command_line(trained: dict, new_images: Path, tmp_path
     (run_dir,) = (tmp_path / "outputs" / "predict" / "runs").iterdir()
     assert (run_dir / "predictions.csv").is_file() and (run_dir / "predict.json").is_file()
     assert "could not be read" in (run_dir / "predict.log").read_text()
+
+
+def test_predict_with_the_onnx_export_matches_torch(trained: dict, new_images: Path, tmp_path: Path) -> None:
+    from tests.test_export import run_export
+
+    export_dir = tmp_path / "export"
+    run_export(export_dir, f"ckpt_path={trained['checkpoints']['best']}", "format=onnx")
+    common = [f"ckpt_path={trained['checkpoints']['best']}", f"inputs={new_images}", "tta=true"]
+    _, torch_rows, _ = run_predict(tmp_path, *common)
+    summary, onnx_rows, _ = run_predict(tmp_path, *common, "runtime=onnx", f"onnx_path={export_dir / 'model.onnx'}")
+    assert summary["runtime"] == "onnx" and summary["errors"] == 1
+    for torch_row, onnx_row in zip(torch_rows, onnx_rows, strict=True):
+        assert torch_row["path"] == onnx_row["path"] and torch_row["predicted_label"] == onnx_row["predicted_label"]
+        if not torch_row["error"]:
+            np.testing.assert_allclose(probabilities(onnx_row), probabilities(torch_row), atol=1e-4)
+
+
+def test_runtime_onnx_needs_its_file(trained: dict, new_images: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="onnx_path"):
+        run_predict(tmp_path, f"ckpt_path={trained['checkpoints']['best']}", f"inputs={new_images}", "runtime=onnx")

@@ -1,7 +1,7 @@
 """Grad-CAM heatmaps (Selvaraju et al. 2017) on the backbone's last feature map, saved as overlays and a sheet.
 
 Written here rather than taken from `grad-cam` (pytorch-grad-cam) or `captum`: neither is installed, and the
-method is a forward hook, a gradient hook and a weighted sum, which stays easier to check than a new
+method is a forward hook, one autograd.grad call and a weighted sum, easier to check than a new
 dependency.
 """
 
@@ -58,11 +58,10 @@ def gradcam(
 ) -> np.ndarray:
     """Grad-CAM heatmaps (N, H, W) in [0, 1] for `classes` (default: the predicted ones) of NCHW `images`."""
     layer = layer if layer is not None else feature_layer(model)
-    captured: dict[str, torch.Tensor] = {}
+    captured: list[torch.Tensor] = []
 
     def keep(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        captured["activations"] = output
-        output.register_hook(lambda grad: captured.__setitem__("gradients", grad))
+        captured.append(output)
 
     was_training = model.training
     model.eval()
@@ -73,12 +72,13 @@ def gradcam(
             x = images.float().requires_grad_(True)
             scores = _class_scores(model, model(x))
             chosen = scores.argmax(1) if classes is None else torch.as_tensor(list(classes), device=scores.device)
-            # each image's score depends on its own activations only (eval mode), so one backward serves all
-            scores.gather(1, chosen.view(-1, 1)).sum().backward()
+            # each image's score depends on its own activations only (eval mode), so one gradient serves all;
+            # autograd.grad (not backward) leaves the weights' .grad untouched
+            (gradients,) = torch.autograd.grad(scores.gather(1, chosen.view(-1, 1)).sum(), captured[-1])
     finally:
         handle.remove()
         model.train(was_training)
-    activations, gradients = captured["activations"].detach().float(), captured["gradients"].float()
+    activations, gradients = captured[-1].detach().float(), gradients.float()
     weights = gradients.mean(dim=(2, 3), keepdim=True)
     cam = F.relu((weights * activations).sum(dim=1, keepdim=True))
     cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]

@@ -153,7 +153,7 @@ def write_model_card(
     recipe = []
     if config is not None:
         recipe = [
-            f"- Model: `{config.model.name}` at {run.img_size} px, head `{config.model.head}`, "
+            f"- Model: `{config.model.name}` at {run.img_size(config.model)} px, head `{config.model.head}`, "
             f"pretrained: {config.model.pretrained}, weights file: {config.model.weights_path}",
             f"- Task: {config.task.name}; loss `{config.loss._target_.rsplit('.', 1)[-1]}`; optimizer "
             f"`{config.optimizer._target_.rsplit('.', 1)[-1]}` lr {config.optimizer.lr}",

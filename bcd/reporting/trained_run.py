@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,13 +36,11 @@ class TrainedRun:
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
         return cls(checkpoint=checkpoint, run_dir=run_dir, config=config, summary=summary)
 
-    @property
-    def img_size(self) -> int:
-        """The input size the model was trained at."""
+    def img_size(self, model_hparams: Mapping[str, Any]) -> int:
+        """The input size the model was trained at: the run's summary.json, else the checkpoint's model config."""
         if "img_size" in self.summary:
             return int(self.summary["img_size"])
-        model = self.config.model if self.config is not None else {}
-        return int(model.get("img_size") or native_img_size(model["name"]))
+        return int(model_hparams.get("img_size") or native_img_size(model_hparams["name"]))
 
     @property
     def metrics_csv(self) -> Path:
@@ -62,6 +61,25 @@ class TrainedRun:
         """Keep the fit beside the checkpoint; it depends only on checkpoint and split, so the first one stays."""
         if not self.calibration_file.exists():
             write_json(self.calibration_file, fitted)
+
+    def calibration(self, path: str | None = None) -> tuple[dict[str, Any], Path | None]:
+        """A calibration.json's contents and path; by default the one kept beside the checkpoint, if any."""
+        if path is None:
+            found = self.calibration_file
+            if not found.is_file():
+                return {}, None
+        else:
+            found = Path(path).expanduser().resolve()
+            if not found.is_file():
+                raise FileNotFoundError(
+                    f"calibration: {found} does not exist; pass the calibration.json written by bcd.evaluate, "
+                    "or calibration=null"
+                )
+        data = json.loads(found.read_text())
+        temperature = data.get("temperature")
+        if temperature is not None and not temperature > 0:
+            raise ValueError(f"calibration: {found} has temperature {temperature}; it must be > 0 (or null)")
+        return data, found
 
     def check_classes(self, class_names: list[str]) -> None:
         """The data must have the checkpoint's classes, in the same order."""
