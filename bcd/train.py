@@ -134,6 +134,13 @@ def run_summary(
         "checkpoints": {"best": _best_checkpoint(trainer), "last": _last_checkpoint(trainer)},
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
+        "n_params": sum(p.numel() for p in tested.parameters()),
+        # training images per second of fit time (validation included), for speed-vs-accuracy comparisons
+        "train_images_per_s": round(
+            trainer.global_step * trainer.accumulate_grad_batches * datamodule.batch_size * trainer.world_size
+            / max(timings["fit"], 1e-9),
+            2,
+        ),
         "timings_s": {**{k: round(v, 2) for k, v in timings.items()}, "total": round(sum(timings.values()), 2)},
         "seed": cfg.seed,
         "versions": library_versions(),

@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps with Optuna: the study and its search space, pruning inside a run, the sweep report."""
