@@ -47,7 +47,8 @@ _STYLE = {
 }
 
 
-def _colour(i: int) -> tuple[float, float, float]:
+def series_colour(i: int) -> tuple[float, float, float]:
+    """The colour of the i-th series (colour-blind-friendly tab10), shared by every bcd figure."""
     return _PALETTE[i % len(_PALETTE)]
 
 
@@ -56,7 +57,7 @@ def _linestyle(i: int) -> str:
 
 
 @contextmanager
-def _figure(path: Path, **subplots_kwargs) -> Iterator[tuple[Figure, object]]:
+def saved_figure(path: Path, **subplots_kwargs) -> Iterator[tuple[Figure, object]]:
     """Create a styled figure, yield (fig, axes), then save it to `path` and always close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,7 +122,7 @@ def plot_confusion_matrix(
         row_labels = list(class_names)
 
     side = max(4.5, 1.1 * n + 2.5)
-    with _figure(path, figsize=(side + 1.0, side)) as (fig, ax):
+    with saved_figure(path, figsize=(side + 1.0, side)) as (fig, ax):
         image = ax.imshow(values, cmap="Blues", vmin=0.0, vmax=vmax, interpolation="nearest")
         cbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
         cbar.set_label(cbar_label)
@@ -159,7 +160,7 @@ def plot_confusion_matrix(
 def plot_roc_curves(probs: np.ndarray, targets: np.ndarray, class_names: Sequence[str], path: Path) -> Path:
     """One-vs-rest ROC curve per class with its AUC in the legend, plus the chance diagonal."""
     probs, targets = _check_scores(probs, targets, class_names)
-    with _figure(path, figsize=(6.0, 5.5)) as (_fig, ax):
+    with saved_figure(path, figsize=(6.0, 5.5)) as (_fig, ax):
         ax.plot([0, 1], [0, 1], color="0.5", linestyle="--", linewidth=1, label="Chance (AUC 0.500)")
         for k, name in enumerate(class_names):
             positives = targets == k
@@ -167,13 +168,13 @@ def plot_roc_curves(probs: np.ndarray, targets: np.ndarray, class_names: Sequenc
             if n_pos == 0 or n_pos == len(targets):
                 # One-vs-rest ROC is undefined without both positives and negatives.
                 reason = "absent" if n_pos == 0 else "no negatives"
-                ax.plot([], [], color=_colour(k), linestyle=":", label=f"{name} ({reason})")
+                ax.plot([], [], color=series_colour(k), linestyle=":", label=f"{name} ({reason})")
                 continue
             fpr, tpr, _ = roc_curve(positives, probs[:, k])
             ax.plot(
                 fpr,
                 tpr,
-                color=_colour(k),
+                color=series_colour(k),
                 linestyle=_linestyle(k),
                 linewidth=2,
                 label=f"{name} (AUC {auc(fpr, tpr):.3f}, n={n_pos})",
@@ -192,12 +193,12 @@ def plot_roc_curves(probs: np.ndarray, targets: np.ndarray, class_names: Sequenc
 def plot_pr_curves(probs: np.ndarray, targets: np.ndarray, class_names: Sequence[str], path: Path) -> Path:
     """One-vs-rest precision-recall curve per class with average precision in the legend."""
     probs, targets = _check_scores(probs, targets, class_names)
-    with _figure(path, figsize=(6.0, 5.5)) as (_fig, ax):
+    with saved_figure(path, figsize=(6.0, 5.5)) as (_fig, ax):
         for k, name in enumerate(class_names):
             positives = targets == k
             n_pos = int(positives.sum())
             if n_pos == 0:
-                ax.plot([], [], color=_colour(k), linestyle=":", label=f"{name} (absent)")
+                ax.plot([], [], color=series_colour(k), linestyle=":", label=f"{name} (absent)")
                 continue
             precision, recall, _ = precision_recall_curve(positives, probs[:, k])
             ap = average_precision_score(positives, probs[:, k])
@@ -206,13 +207,13 @@ def plot_pr_curves(probs: np.ndarray, targets: np.ndarray, class_names: Sequence
                 recall,
                 precision,
                 where="post",
-                color=_colour(k),
+                color=series_colour(k),
                 linestyle=_linestyle(k),
                 linewidth=2,
                 label=f"{name} (AP {ap:.3f}, prevalence {prevalence:.2f})",
             )
             # A random classifier's precision equals the class prevalence.
-            ax.axhline(prevalence, color=_colour(k), linestyle=":", linewidth=1, alpha=0.7)
+            ax.axhline(prevalence, color=series_colour(k), linestyle=":", linewidth=1, alpha=0.7)
         ax.plot([], [], color="0.4", linestyle=":", linewidth=1, label="Chance level (= prevalence)")
         ax.set_xlim(-0.01, 1.01)
         ax.set_ylim(-0.01, 1.05)
@@ -248,7 +249,7 @@ def plot_reliability(
     """Reliability diagram: accuracy vs confidence per bin for one or more calibrations (e.g. before/after temperature scaling), with the diagonal and per-curve ECE in the legend."""
     if not curves:
         raise ValueError("curves is empty: nothing to plot")
-    with _figure(
+    with saved_figure(
         path,
         nrows=2,
         ncols=1,
@@ -276,7 +277,7 @@ def plot_reliability(
             ax.plot(
                 conf[keep],
                 acc[keep],
-                color=_colour(i),
+                color=series_colour(i),
                 linestyle=_linestyle(i),
                 marker="os^Dv"[i % 5],
                 markersize=6,
@@ -284,8 +285,8 @@ def plot_reliability(
                 label=label,
             )
             # Overlaid translucent step histograms: every bin stays aligned with its confidence range.
-            ax_hist.stairs(count, edges, fill=True, color=_colour(i), alpha=0.25 if n_curves > 1 else 0.5)
-            ax_hist.stairs(count, edges, color=_colour(i), linestyle=_linestyle(i), linewidth=1.5)
+            ax_hist.stairs(count, edges, fill=True, color=series_colour(i), alpha=0.25 if n_curves > 1 else 0.5)
+            ax_hist.stairs(count, edges, color=series_colour(i), linestyle=_linestyle(i), linewidth=1.5)
         ax.set_xlim(lo, hi)
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel("Accuracy (fraction correct)")
@@ -343,7 +344,7 @@ def _plot_series(
         series = table[column]
         epochs = sorted(series)
         values = [series[e] for e in epochs]
-        colour, linestyle = styles.get(column, (_colour(i), "-"))
+        colour, linestyle = styles.get(column, (series_colour(i), "-"))
         ax.plot(
             epochs,
             values,
@@ -383,14 +384,14 @@ def plot_training_curves(metrics_csv: Path, path: Path) -> Path | None:
 
     # Same colour per split across panels (train blue, val orange), F1 dashed green.
     styles = {
-        "train/loss_epoch": (_colour(0), "-"),
-        "train/loss": (_colour(0), "-"),
-        "val/loss": (_colour(1), "-"),
-        "train/acc": (_colour(0), "-"),
-        "val/acc": (_colour(1), "-"),
-        "val/macro_f1": (_colour(2), "--"),
+        "train/loss_epoch": (series_colour(0), "-"),
+        "train/loss": (series_colour(0), "-"),
+        "val/loss": (series_colour(1), "-"),
+        "train/acc": (series_colour(0), "-"),
+        "val/acc": (series_colour(1), "-"),
+        "val/macro_f1": (series_colour(2), "--"),
     }
-    with _figure(path, nrows=1, ncols=len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False) as (
+    with saved_figure(path, nrows=1, ncols=len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False) as (
         fig,
         axes,
     ):

@@ -20,7 +20,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 # Reuse the evaluation report's figure helper so both reports look alike (Agg backend, dpi, rc style).
-from bcd.reporting.plots import _colour, _figure
+from bcd.reporting.plots import saved_figure, series_colour
 
 __all__ = ["write_sweep_report"]
 
@@ -236,15 +236,15 @@ def _plot_metric_by_group(
         raise _SkipFigure(f"no COMPLETE trial has a `{group}` parameter and a value")
     rng = np.random.default_rng(0)  # fixed jitter, so re-running the report gives the same PNG
     width = max(5.5, 0.9 * len(choices) + 2.5)
-    with _figure(path, figsize=(width, 4.5)) as (fig, ax):
+    with saved_figure(path, figsize=(width, 4.5)) as (fig, ax):
         labels = []
         for i, choice in enumerate(choices):
             values = np.array([t.value for t in complete if t.params.get(group) == choice])
             jitter = rng.uniform(-0.12, 0.12, size=values.size)
-            ax.scatter(i + jitter, values, s=22, color=_colour(i), alpha=0.55, linewidths=0, zorder=2)
+            ax.scatter(i + jitter, values, s=22, color=series_colour(i), alpha=0.55, linewidths=0, zorder=2)
             spread = values.std(ddof=1) if values.size > 1 else 0.0
             ax.errorbar(
-                i + 0.3, values.mean(), yerr=spread, fmt="o", color=_colour(i), markersize=7,
+                i + 0.3, values.mean(), yerr=spread, fmt="o", color=series_colour(i), markersize=7,
                 markeredgecolor="black", capsize=4, elinewidth=1.5, zorder=3,
             )  # fmt: skip
             labels.append(f"{choice}\n(n={values.size})")
@@ -271,7 +271,7 @@ def _plot_pareto(
     if not any(_attr_float(t, attr) is not None for t in complete for attr, _, _ in panels):
         raise _SkipFigure("no COMPLETE trial recorded `n_params` or `train_images_per_s`")
     choices = _groups(complete, group)
-    with _figure(path, figsize=(11, 4.5), ncols=2, sharey=True) as (fig, axes):
+    with saved_figure(path, figsize=(11, 4.5), ncols=2, sharey=True) as (fig, axes):
         for ax, (attr, label, maximize_attr) in zip(axes, panels, strict=True):
             _pareto_panel(ax, complete, attr, maximize_attr, maximize, group, choices)
             ax.set_xlabel(label)
@@ -321,7 +321,7 @@ def _pareto_panel(
     for i, choice in enumerate(choices or [None]):
         chosen = [k for k, (t, _) in enumerate(points) if group is None or t.params.get(group) == choice]
         if chosen:
-            ax.scatter(xs[chosen], ys[chosen], s=36, color=_colour(i), label=str(choice), zorder=2)
+            ax.scatter(xs[chosen], ys[chosen], s=36, color=series_colour(i), label=str(choice), zorder=2)
     if group is not None:
         # Trials without the grouping param (conditional search spaces) still belong on the plot.
         ungrouped = [k for k, (t, _) in enumerate(points) if group not in t.params]
@@ -348,13 +348,13 @@ def _plot_history(complete: Sequence[FrozenTrial], metric: str, maximize: bool, 
     values = np.array([t.value for t in ordered])
     best_so_far = np.maximum.accumulate(values) if maximize else np.minimum.accumulate(values)
     best = int(np.argmax(values) if maximize else np.argmin(values))
-    with _figure(path, figsize=(7, 4.5)) as (fig, ax):
-        ax.scatter(numbers, values, s=26, color=_colour(0), label="COMPLETE trial", zorder=2)
+    with saved_figure(path, figsize=(7, 4.5)) as (fig, ax):
+        ax.scatter(numbers, values, s=26, color=series_colour(0), label="COMPLETE trial", zorder=2)
         ax.step(
-            numbers, best_so_far, where="post", color=_colour(1), linewidth=2, label="best so far", zorder=1
+            numbers, best_so_far, where="post", color=series_colour(1), linewidth=2, label="best so far", zorder=1
         )
         ax.scatter(
-            numbers[best], values[best], s=140, marker="*", color=_colour(1), edgecolors="black",
+            numbers[best], values[best], s=140, marker="*", color=series_colour(1), edgecolors="black",
             label=f"best: trial #{numbers[best]}", zorder=3,
         )  # fmt: skip
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -382,8 +382,8 @@ def _plot_importance(study: optuna.Study, complete: Sequence[FrozenTrial], metri
         raise _SkipFigure("Optuna returned no importances (no parameter varies across the COMPLETE trials)")
     names = list(importances)[::-1]  # barh draws bottom-up; the most important param goes on top
     scores = [importances[n] for n in names]
-    with _figure(path, figsize=(7, max(3.2, 0.5 * len(names) + 1.8))) as (fig, ax):
-        bars = ax.barh(names, scores, color=_colour(0), height=0.6)
+    with saved_figure(path, figsize=(7, max(3.2, 0.5 * len(names) + 1.8))) as (fig, ax):
+        bars = ax.barh(names, scores, color=series_colour(0), height=0.6)
         ax.bar_label(bars, labels=[f"{s:.2f}" for s in scores], padding=3, fontsize=9)
         ax.set_xlim(0, max(max(scores) * 1.15, 0.1))
         ax.set_xlabel(f"Importance for {metric} (fANOVA, share of variance)")
