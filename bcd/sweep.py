@@ -1,0 +1,166 @@
+"""Search hyperparameters with Optuna: `python -m bcd.sweep sweep=<space> [sweep.key=value] [train args]`.
+
+Every trial is a normal bcd run in <sweep dir>/trials/<number>/, on the split the whole study shares
+(<sweep dir>/split_manifest.csv). The study lives in <sweep dir>/study.db (or sweep.storage, which workers on
+many machines can share), so rerunning the same command resumes it. A trial with trainer.devices>1 trains in
+a `python -m bcd.train` subprocess, where Lightning's DDP launcher works.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from bcd.models.backbone import native_img_size
+from bcd.sweeps.pruning import pruning_overrides
+from bcd.sweeps.study import (
+    FINISHED,
+    StopAfterFailures,
+    hydra_value,
+    log_trial,
+    n_finished,
+    n_wanted,
+    new_trial_dir,
+    on_one_device,
+    open_study,
+    override_key,
+    search_space,
+    suggest,
+    train_in_subprocess,
+)
+from bcd.train import train
+from bcd.utils.config import ConfigError, check_config
+
+log = logging.getLogger(__name__)
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+SWEEP_KEYS = ("sweep", "report")
+
+
+def compose_overrides(argv: Sequence[str]) -> tuple[DictConfig, list[str]]:
+    """Split the command line into the sweep config (sweep=, sweep.*, report=) and every trial's overrides."""
+    sweep_overrides = [arg for arg in argv if override_key(arg).split(".")[0] in SWEEP_KEYS]
+    train_overrides = [arg for arg in argv if arg not in sweep_overrides]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="sweep", overrides=sweep_overrides), train_overrides
+
+
+def compose_train(overrides: Sequence[str]) -> DictConfig:
+    """The training config that `python -m bcd.train <overrides>` would run."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def run_sweep(cfg: DictConfig, train_overrides: Sequence[str]) -> optuna.Study:
+    """Optimise until sweep.n_trials trials are COMPLETE or PRUNED (or sweep.timeout); report if asked."""
+    sweep = cfg.sweep
+    sweep_dir = Path(sweep.dir).resolve()
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    space = search_space(sweep.params, sweep.sampler)
+    for arg in train_overrides:
+        if override_key(arg) in space:
+            key = override_key(arg)
+            raise ConfigError(f"sweep.params.{key} is searched: drop {arg} from the command line "
+                              f"(or stop searching it: ~sweep.params.{key})")
+    study = open_study(sweep, space, sweep_dir)
+    wanted = n_wanted(sweep.n_trials, space, sweep.sampler)
+    log.info("study %s: %d of %d trials done (%s)", sweep.study_name, n_finished(study), wanted, sweep_dir)
+    if wanted > n_finished(study):
+        split = shared_split(sweep_dir, train_overrides)
+        base = [*train_overrides, f"dataset.split_manifest={hydra_value(str(split))}"]
+        stop = StopAfterFailures()
+        study.optimize(
+            lambda trial: run_trial(trial, sweep, space, sweep_dir, base),
+            timeout=sweep.timeout,
+            catch=(Exception,),
+            callbacks=[optuna.study.MaxTrialsCallback(wanted, states=FINISHED), log_trial, stop],
+        )
+        if stop.tripped:
+            raise RuntimeError(f"{stop.limit} trials in a row failed; see the errors above and {sweep_dir}")
+    if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        best = study.best_trial
+        log.info("best trial %d: %s=%.4f %s", best.number, sweep.metric, best.value, best.params)
+    if cfg.report:
+        from bcd.sweeps.report import write_sweep_report
+
+        log.info("sweep report: %s", write_sweep_report(study, sweep_dir, sweep.metric, sweep.direction))
+    return study
+
+
+def shared_split(sweep_dir: Path, train_overrides: Sequence[str]) -> Path:
+    """The split all trials use: dataset.split_manifest when given, else one written once to the sweep dir."""
+    cfg = compose_train([*train_overrides, f"paths.output_dir={hydra_value(str(sweep_dir))}"])
+    check_config(cfg)
+    if cfg.dataset.split_manifest:
+        return Path(cfg.dataset.split_manifest)
+    path = sweep_dir / "split_manifest.csv"
+    if not path.exists():
+        img_size = cfg.model.img_size or native_img_size(cfg.model.name)
+        datamodule = instantiate(cfg.dataset, task=cfg.task.name, img_size=img_size, seed=cfg.seed)
+        # written aside and moved into place, so a worker never reads another's half-written file
+        with tempfile.TemporaryDirectory(dir=sweep_dir) as scratch:
+            datamodule.prepare(Path(scratch))
+            os.replace(Path(scratch) / "split_manifest.csv", path)
+    return path
+
+
+def run_trial(trial: optuna.Trial, sweep: DictConfig, space: dict, sweep_dir: Path, base: list[str]) -> float:
+    """One bcd run with the trial's params; returns its last-epoch sweep.metric and records its results."""
+    started = time.time()
+    run_dir = new_trial_dir(sweep_dir, trial.number)
+    trial.set_user_attr("run_dir", str(run_dir))
+    params = suggest(trial, space, sweep.sampler)
+    overrides = [*base, *(f"{key}={hydra_value(value)}" for key, value in params.items())]
+    overrides += pruning_overrides(sweep, sweep_dir, trial.number)
+    try:
+        cfg = compose_train([*overrides, f"paths.output_dir={hydra_value(str(run_dir))}"])
+        if cfg.logger and cfg.logger.get("wandb"):  # one W&B run per trial, grouped by study
+            overrides += [f"logger.wandb.group={hydra_value(sweep.study_name)}",
+                          f"logger.wandb.name=trial-{trial.number}"]
+            cfg = compose_train([*overrides, f"paths.output_dir={hydra_value(str(run_dir))}"])
+        summary = train(cfg) if on_one_device(cfg) else train_in_subprocess(overrides, run_dir)
+        value = final_metric(summary, sweep.metric)
+    except optuna.TrialPruned:
+        raise
+    except Exception as error:
+        trial.set_user_attr("error", repr(error))
+        raise
+    finally:
+        trial.set_user_attr("duration_s", round(time.time() - started, 1))
+    trial.set_user_attr("n_params", summary["n_params"])
+    trial.set_user_attr("train_images_per_s", summary["train_images_per_s"])
+    for key, test_value in summary["metrics"]["test"].items():
+        if key.count("/") == 1:  # test/macro_f1 -> test_macro_f1; per-class metrics stay in summary.json
+            trial.set_user_attr(key.replace("/", "_"), test_value)
+    return value
+
+
+def final_metric(summary: dict[str, Any], metric: str) -> float:
+    """The last epoch's value of sweep.metric from a run summary."""
+    final = summary["metrics"]["final"]
+    if metric not in final:
+        raise ConfigError(f"sweep.metric: {metric!r} is not a metric of the run; choose from {sorted(final)}")
+    return final[metric]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point."""
+    cfg, train_overrides = compose_overrides(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # log_trial replaces Optuna's per-trial line
+    run_sweep(cfg, train_overrides)
+
+
+if __name__ == "__main__":
+    main()

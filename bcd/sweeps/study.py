@@ -1,0 +1,214 @@
+"""The Optuna side of a sweep (storage, sampler, pruner, search space as overrides) and where trials run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import subprocess
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+
+from bcd.utils.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+PARAM_TYPES = ("categorical", "float", "int")
+# a sweep whose every trial fails (a wrong dataset.root, a broken override) would otherwise loop forever
+MAX_CONSECUTIVE_FAILURES = 10
+
+
+def storage_url(storage: str | None, sweep_dir: Path) -> str:
+    """The study's SQLAlchemy URL: sweep.storage, or a SQLite file in the sweep dir."""
+    return storage or f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
+
+
+def make_storage(url: str, heartbeat_s: int | None = None) -> optuna.storages.RDBStorage:
+    """An RDB storage; with heartbeat_s, trials of a killed worker are failed after 2 x heartbeat_s."""
+    # SQLite's default 5 s lock timeout is too short for several workers sharing one file
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    heartbeat = {"heartbeat_interval": heartbeat_s, "grace_period": 2 * heartbeat_s} if heartbeat_s else {}
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and exactly what we need
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+
+
+def make_pruner(name: str, args: Mapping[str, Any] | None = None) -> optuna.pruners.BasePruner:
+    """sweep.pruner (median | hyperband | none) with sweep.pruner_args as keyword arguments."""
+    pruners = {
+        "median": optuna.pruners.MedianPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "none": optuna.pruners.NopPruner,
+    }
+    if name not in pruners:
+        raise ConfigError(f"sweep.pruner: {name!r} is not one of {sorted(pruners)}")
+    return pruners[name](**dict(args or {}))
+
+
+def make_sampler(name: str, params: dict[str, dict], seed: int) -> optuna.samplers.BaseSampler:
+    """sweep.sampler (tpe | random | grid); grid searches every combination of the params' choices."""
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        grid = {key: list(spec["choices"]) for key, spec in params.items()}
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    raise ConfigError(f"sweep.sampler: {name!r} is not one of ['grid', 'random', 'tpe']")
+
+
+def search_space(params: DictConfig | Mapping, sampler: str) -> dict[str, dict]:
+    """sweep.params as {override key: spec}, nested keys joined by dots; fails on a spec that cannot work."""
+    plain = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else dict(params)
+    space = _flatten(plain)
+    if not space:
+        raise ConfigError("sweep.params is empty: choose a search space with sweep=<name> (conf/sweep/)")
+    for key, spec in space.items():
+        where = f"sweep.params.{key}"
+        if spec["type"] not in PARAM_TYPES:
+            raise ConfigError(f"{where}.type: {spec['type']!r} is not one of {list(PARAM_TYPES)}")
+        if spec["type"] == "categorical" and not spec.get("choices"):
+            raise ConfigError(f"{where}: a categorical param needs a non-empty choices list")
+        if sampler == "grid" and not spec.get("choices"):
+            raise ConfigError(f"{where}: sweep.sampler=grid needs choices for every param; add choices")
+        if spec["type"] != "categorical" and sampler != "grid" and ("low" not in spec or "high" not in spec):
+            raise ConfigError(f"{where}: a {spec['type']} param needs low and high (or type: categorical)")
+    return space
+
+
+def _flatten(node: dict, prefix: str = "") -> dict[str, dict]:
+    """Walk nested dicts down to the specs (the dicts with a `type`)."""
+    space = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if not isinstance(value, dict):
+            raise ConfigError(f"sweep.params.{name}: expected a spec {{type: categorical, choices: [...]}}")
+        space.update({name: value} if "type" in value else _flatten(value, f"{name}."))
+    return space
+
+
+def suggest(trial: optuna.Trial, space: dict[str, dict], sampler: str) -> dict[str, Any]:
+    """The trial's value for every param (from the choices under grid, else from the spec's range)."""
+    values = {}
+    for key, spec in space.items():
+        if spec["type"] == "categorical" or sampler == "grid":
+            values[key] = trial.suggest_categorical(key, list(spec["choices"]))
+        elif spec["type"] == "float":
+            values[key] = trial.suggest_float(key, spec["low"], spec["high"], log=spec.get("log", False),
+                                              step=spec.get("step"))
+        else:
+            values[key] = trial.suggest_int(key, spec["low"], spec["high"], log=spec.get("log", False),
+                                            step=spec.get("step") or 1)
+    return values
+
+
+def hydra_value(value: Any) -> str:
+    """A Python value written as a Hydra override value (strings quoted, so paths and URLs pass unharmed)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    text = str(value)
+    # group choices (model=b1) and plain words stay bare; anything else is quoted
+    if text.replace("_", "").replace("-", "").isalnum():
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def override_key(override: str) -> str:
+    """The config key of a command-line override (`+a.b=1` -> a.b)."""
+    return override.split("=", 1)[0].lstrip("~+")
+
+
+def open_study(sweep: DictConfig, space: dict[str, dict], sweep_dir: Path) -> optuna.Study:
+    """Create the study, or load it to resume, with the sweep's storage, sampler and pruner."""
+    storage = make_storage(storage_url(sweep.storage, sweep_dir), sweep.heartbeat_s)
+    study = optuna.create_study(
+        study_name=sweep.study_name,
+        storage=storage,
+        pruner=make_pruner(sweep.pruner, sweep.pruner_args),
+        direction=sweep.direction,
+        load_if_exists=True,
+    )
+    # a resumed study must not replay the seed's first draws, which earlier trials already used
+    study.sampler = make_sampler(sweep.sampler, space, sweep.seed + len(study.trials))
+    return study
+
+
+def n_finished(study: optuna.Study) -> int:
+    """Trials that count towards sweep.n_trials: COMPLETE and PRUNED."""
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def n_wanted(n_trials: int, space: dict[str, dict], sampler: str) -> int:
+    """sweep.n_trials, capped at the grid's size under grid (so a rerun never repeats a grid point)."""
+    if sampler != "grid":
+        return n_trials
+    return min(n_trials, math.prod(len(spec["choices"]) for spec in space.values()))
+
+
+def log_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """One line per finished trial: number, state, value, params (and the error of a failed one)."""
+    error = f" error={trial.user_attrs.get('error')}" if trial.state == TrialState.FAIL else ""
+    value = f"{trial.value:.4f}" if trial.value is not None else "-"
+    log.info("trial %d %s value=%s params=%s%s", trial.number, trial.state.name, value, trial.params, error)
+
+
+class StopAfterFailures:
+    """An optimize callback that stops the study after MAX_CONSECUTIVE_FAILURES failed trials in a row."""
+
+    def __init__(self, limit: int = MAX_CONSECUTIVE_FAILURES) -> None:
+        self.limit = limit
+        self.failures = 0
+        self.tripped = False
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.failures = self.failures + 1 if trial.state == TrialState.FAIL else 0
+        if self.failures >= self.limit:
+            self.tripped = True
+            study.stop()
+
+
+def new_trial_dir(sweep_dir: Path, number: int) -> Path:
+    """<sweep dir>/trials/<number>, or <number>-retry<k> when a killed attempt left that dir behind."""
+    run_dir, retry = sweep_dir / "trials" / str(number), 0
+    while run_dir.exists():
+        retry += 1
+        run_dir = sweep_dir / "trials" / f"{number}-retry{retry}"
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def on_one_device(cfg: DictConfig) -> bool:
+    """Whether the run trains in one process (else DDP, which needs a process of its own)."""
+    devices = cfg.trainer.devices
+    one = devices in (1, "1") or (OmegaConf.is_list(devices) and len(devices) == 1)
+    return one and cfg.trainer.get("num_nodes", 1) == 1
+
+
+def train_in_subprocess(overrides: Sequence[str], run_dir: Path) -> dict[str, Any]:
+    """`python -m bcd.train <overrides>` in run_dir (output to subprocess.log); returns its summary."""
+    command = [sys.executable, "-m", "bcd.train", *overrides, f"hydra.run.dir={hydra_value(str(run_dir))}"]
+    output = run_dir / "subprocess.log"
+    with output.open("w") as handle:
+        code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode
+    if (run_dir / "pruned.json").exists():
+        raise optuna.TrialPruned(f"pruned: {json.loads((run_dir / 'pruned.json').read_text())}")
+    if code != 0:
+        tail = "\n".join(output.read_text().splitlines()[-20:])
+        raise RuntimeError(f"python -m bcd.train exited with code {code} (full output: {output}):\n{tail}")
+    return json.loads((run_dir / "summary.json").read_text())

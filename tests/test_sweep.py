@@ -1,0 +1,181 @@
+"""`python -m bcd.sweep`: Optuna studies of bcd runs that share a split, record failures, resume and prune."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
+
+from bcd.sweep import compose_overrides, run_sweep
+from bcd.sweeps.study import make_storage, new_trial_dir, open_study, search_space, storage_url
+from bcd.utils.config import ConfigError
+from tests.conftest import run_cli, tiny_overrides
+
+DROP_RATE_SPACE = ["~sweep.params", "+sweep.params={model:{drop_rate:{type:float,low:0.0,high:0.3}}}"]
+
+
+def sweep_args(synthetic_cache: Path, sweep_dir: Path, *args: str) -> list[str]:
+    """A tiny sweep's command line: the tiny training overrides, 2 epochs, the sweep in sweep_dir."""
+    train = [*tiny_overrides(synthetic_cache), "trainer.max_epochs=2", "callbacks.early_stopping=null"]
+    return [*train, f"sweep.dir={sweep_dir}", *args]
+
+
+def run(synthetic_cache: Path, sweep_dir: Path, *args: str) -> optuna.Study:
+    """Run a tiny sweep in this process, as `python -m bcd.sweep <args>` would."""
+    return run_sweep(*compose_overrides(sweep_args(synthetic_cache, sweep_dir, *args)))
+
+
+def states(study: optuna.Study) -> list[str]:
+    """The trials' states in trial-number order."""
+    return [t.state.name for t in sorted(study.trials, key=lambda t: t.number)]
+
+
+def test_compose_overrides_splits_sweep_and_train_args() -> None:
+    argv = ["sweep=losses", "sweep.n_trials=3", "report=true", "dataset=taleqani_all", "dataset.root=/data/x",
+            "sweep.pruner_args={n_startup_trials:2}", "model.img_size=64", "trainer.max_epochs=3"]
+    cfg, train = compose_overrides(argv)
+    assert train == [
+        "dataset=taleqani_all", "dataset.root=/data/x", "model.img_size=64", "trainer.max_epochs=3"
+    ]
+    assert (cfg.sweep.name, cfg.sweep.study_name, cfg.sweep.n_trials) == ("losses", "losses", 3)
+    assert cfg.report is True
+    assert cfg.sweep.pruner_args == {"n_startup_trials": 2}
+    assert cfg.sweep.dir.endswith("outputs/sweep/losses")
+    assert set(search_space(cfg.sweep.params, "tpe")) == {"loss", "optimizer.weight_decay"}
+
+
+def test_search_space_errors_name_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"sweep.params.model.drop_rate: sweep.sampler=grid needs choices"):
+        search_space({"model": {"drop_rate": {"type": "float", "low": 0.0, "high": 0.3}}}, "grid")
+    with pytest.raises(ConfigError, match=r"sweep.params.loss.type: 'choice'"):
+        search_space({"loss": {"type": "choice", "choices": ["ce"]}}, "tpe")
+    cfg, _ = compose_overrides(["sweep=lr_aug", "sweep.sampler=grid"])
+    assert set(search_space(cfg.sweep.params, "grid")) == {
+        "optimizer.lr", "optimizer.weight_decay", "augmentation", "dataset.batch_size"
+    }
+
+
+def test_a_trial_never_reuses_a_dir_a_killed_attempt_left(tmp_path: Path) -> None:
+    (tmp_path / "trials" / "5").mkdir(parents=True)
+    assert new_trial_dir(tmp_path, 5) == tmp_path / "trials" / "5-retry1"
+    assert new_trial_dir(tmp_path, 5) == tmp_path / "trials" / "5-retry2"
+    assert new_trial_dir(tmp_path, 6) == tmp_path / "trials" / "6"
+
+
+def test_trials_are_bcd_runs_on_one_shared_split(synthetic_cache: Path, tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    study = run(synthetic_cache, sweep_dir, *DROP_RATE_SPACE, "sweep.n_trials=3")
+    assert states(study) == ["COMPLETE"] * 3
+    shared = (sweep_dir / "split_manifest.csv").read_text()
+    for trial in study.trials:
+        run_dir = Path(trial.user_attrs["run_dir"])
+        assert run_dir == sweep_dir / "trials" / str(trial.number)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert trial.value == summary["metrics"]["final"]["val/macro_f1"]
+        assert trial.user_attrs["test_macro_f1"] == summary["metrics"]["test"]["test/macro_f1"]
+        assert trial.user_attrs["n_params"] == summary["n_params"] and trial.user_attrs["duration_s"] > 0
+        assert (run_dir / "split_manifest.csv").read_text() == shared
+        assert f"split_manifest: {sweep_dir}/split_manifest.csv" in (run_dir / "config.yaml").read_text()
+        assert sorted(trial.intermediate_values) == [0, 1]  # the pruning callback reported every epoch
+
+
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(synthetic_cache: Path, tmp_path: Path) -> None:
+    # the random sampler with seed 0 draws bce first, which a multiclass task refuses
+    space = ["~sweep.params", "+sweep.params={loss:{type:categorical,choices:[ce,bce]}}",
+             "sweep.sampler=random"]
+    study = run(synthetic_cache, tmp_path / "sweep", *space, "sweep.n_trials=1")
+    assert states(study) == ["FAIL", "COMPLETE"]
+    failed, done = sorted(study.trials, key=lambda t: t.number)
+    assert failed.params == {"loss": "bce"} and "loss=bce needs task=binary" in failed.user_attrs["error"]
+    assert done.params == {"loss": "ce"}
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # our ask() plays the killed worker
+def test_rerun_resumes_the_study_and_fails_a_killed_workers_trial(
+    synthetic_cache: Path, tmp_path: Path
+) -> None:
+    sweep_dir = tmp_path / "sweep"
+    args = [*DROP_RATE_SPACE, "sweep.heartbeat_s=1"]
+    run(synthetic_cache, sweep_dir, *args, "sweep.n_trials=2")
+    # a worker that started trial 2 and was killed: its heartbeat stops
+    storage = make_storage(storage_url(None, sweep_dir), heartbeat_s=1)
+    stale = optuna.load_study(study_name="backbones", storage=storage).ask()
+    storage.record_heartbeat(stale._trial_id)
+    time.sleep(3)
+    study = run(synthetic_cache, sweep_dir, *args, "sweep.n_trials=3")
+    assert states(study) == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+    assert sorted(p.name for p in (sweep_dir / "trials").iterdir()) == ["0", "1", "3"]
+
+
+def test_a_trial_worse_than_the_median_is_pruned(synthetic_cache: Path, tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    args = ["~sweep.params", "+sweep.params={optimizer:{lr:{type:categorical,choices:[0.0]}}}",
+            "sweep.pruner_args={n_startup_trials:1,n_warmup_steps:0}", "sweep.n_trials=2"]
+    cfg, _ = compose_overrides(sweep_args(synthetic_cache, sweep_dir, *args))
+    sweep_dir.mkdir()
+    # an earlier perfect trial: a run that cannot learn (lr=0) falls below it after its first epoch
+    reference = open_study(cfg.sweep, search_space(cfg.sweep.params, "tpe"), sweep_dir)
+    reference.add_trial(optuna.trial.create_trial(
+        params={"optimizer.lr": 0.0}, distributions={"optimizer.lr": CategoricalDistribution([0.0])},
+        value=1.0, intermediate_values={0: 1.0, 1: 1.0},
+    ))
+    study = run(synthetic_cache, sweep_dir, *args)
+    assert states(study) == ["COMPLETE", "PRUNED"]
+    pruned = study.trials[1]
+    run_dir = Path(pruned.user_attrs["run_dir"])
+    assert json.loads((run_dir / "pruned.json").read_text())["epoch"] == 0
+    assert list(pruned.intermediate_values) == [0] and not (run_dir / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_sweep_command_line_trains_a_ddp_trial_in_a_subprocess(synthetic_cache: Path, tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    args = sweep_args(synthetic_cache, sweep_dir, *DROP_RATE_SPACE, "sweep.n_trials=1")
+    args = [a for a in args if not a.startswith("trainer.max_epochs=")]
+    result = run_cli(["bcd.sweep", *args, "trainer.max_epochs=1", "trainer.devices=2"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "trial 0 COMPLETE" in result.stderr
+    run_dir = sweep_dir / "trials" / "0"
+    assert "Starting with 2 processes" in (run_dir / "subprocess.log").read_text()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    study = optuna.load_study(study_name="backbones", storage=storage_url(None, sweep_dir))
+    assert study.trials[0].value == summary["metrics"]["final"]["val/macro_f1"]
+    assert study.trials[0].state == TrialState.COMPLETE
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_postgresql_study(synthetic_cache: Path, tmp_path: Path) -> None:
+    """Two `python -m bcd.sweep` processes on one PostgreSQL study: the trial count adds up, no duplicates."""
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    url = os.environ.get("BCD_POSTGRES_URL")
+    if not url:
+        pytest.skip("no PostgreSQL server: set BCD_POSTGRES_URL (.ci/run starts one with .ci/postgres.sh)")
+    study_name = f"two-workers-{uuid.uuid4().hex[:8]}"
+    common = sweep_args(
+        synthetic_cache, tmp_path / "sweep", *DROP_RATE_SPACE, "sweep.sampler=random", "sweep.n_trials=4",
+        f"sweep.storage={url}", f"sweep.study_name={study_name}", "trainer.max_epochs=1",
+    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    workers = [
+        subprocess.Popen([sys.executable, "-m", "bcd.sweep", *common, f"sweep.seed={seed}"], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for seed in (1, 2)
+    ]
+    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    study = optuna.load_study(study_name=study_name, storage=url)
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) >= 4
+    # both workers did some of the work
+    assert all("trial " in output for output in outputs)
