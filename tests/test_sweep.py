@@ -69,8 +69,12 @@ def test_a_trial_never_reuses_a_dir_a_killed_attempt_left(tmp_path: Path) -> Non
 
 def test_trials_are_bcd_runs_on_one_shared_split(synthetic_cache: Path, tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
-    study = run(synthetic_cache, sweep_dir, *DROP_RATE_SPACE, "sweep.n_trials=3")
+    study = run(synthetic_cache, sweep_dir, *DROP_RATE_SPACE, "sweep.n_trials=3", "report=true")
     assert states(study) == ["COMPLETE"] * 3
+    report = (sweep_dir / "sweep.md").read_text()
+    assert f"**Trial #{study.best_trial.number}**" in report
+    assert len((sweep_dir / "trials.csv").read_text().strip().splitlines()) == 4
+    assert (sweep_dir / "history.png").is_file()
     shared = (sweep_dir / "split_manifest.csv").read_text()
     for trial in study.trials:
         run_dir = Path(trial.user_attrs["run_dir"])
