@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from bcd.reporting.plots import (
     plot_confusion_matrix,
@@ -16,19 +15,11 @@ from bcd.reporting.plots import (
     plot_roc_curves,
     plot_training_curves,
 )
+from tests.conftest import assert_png
 
 CLASSES = ["benign", "early pre-B", "pre-B", "pro-B"]
 
 
-def assert_png(path: Path, min_px: int = 300, min_bytes: int = 10_000) -> None:
-    assert path.is_file(), path
-    assert path.stat().st_size > min_bytes, f"{path} is only {path.stat().st_size} bytes"
-    with Image.open(path) as image:
-        assert image.format == "PNG"
-        image.verify()
-    with Image.open(path) as image:
-        width, height = image.size
-        assert width > min_px and height > min_px, image.size
 
 
 def fake_scores(

@@ -10,9 +10,9 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
-from PIL import Image
 
 from bcd.sweeps.report import _pareto_front, write_sweep_report
+from tests.conftest import assert_png
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -65,15 +65,6 @@ def sweep_study() -> optuna.Study:
     return study
 
 
-def assert_png(path: Path, min_px: int = 300, min_bytes: int = 10_000) -> None:
-    assert path.is_file(), path
-    assert path.stat().st_size > min_bytes, f"{path} is only {path.stat().st_size} bytes"
-    with Image.open(path) as image:
-        assert image.format == "PNG"
-        image.verify()
-    with Image.open(path) as image:
-        width, height = image.size
-        assert width > min_px and height > min_px, image.size
 
 
 @pytest.fixture(scope="module")
