@@ -1,0 +1,51 @@
+"""How long an epoch will take, said at the start of training instead of found out hours later."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import lightning as L
+
+log = logging.getLogger(__name__)
+
+
+def format_duration(seconds: float) -> str:
+    """'45 s', '12 min' or '3.5 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class EpochTimeEstimate(L.Callback):
+    """Log the expected time per training epoch, measured on the first batches after a warm-up batch.
+
+    On a machine without a GPU it also warns at once that training runs on the CPU.
+    """
+
+    def __init__(self, warmup_batches: int = 1, timed_batches: int = 3) -> None:
+        self.warmup_batches = warmup_batches
+        self.timed_batches = timed_batches
+        self.started = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Warn when the model trains on the CPU."""
+        if trainer.is_global_zero and pl_module.device.type == "cpu":
+            log.warning("no GPU: training on the CPU; large models and images are slow here "
+                        "(the time per epoch follows after %d batches)", self.warmup_batches + self.timed_batches)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: object,
+                           batch: object, batch_idx: int) -> None:
+        """Time batches warmup..warmup+timed of the first epoch trained by this process."""
+        if self.started < 0 or not trainer.is_global_zero:
+            return
+        if batch_idx == self.warmup_batches - 1:
+            self.started = time.perf_counter()
+        elif batch_idx == self.warmup_batches + self.timed_batches - 1 and self.started > 0:
+            per_batch = (time.perf_counter() - self.started) / self.timed_batches
+            total = trainer.num_training_batches
+            log.warning("about %s per epoch (%d batches of %.2f s on %s)",
+                        format_duration(per_batch * total), total, per_batch, pl_module.device.type)
+            self.started = -1.0
