@@ -35,6 +35,7 @@ from bcd.sweeps.study import (
     on_one_device,
     open_study,
     override_key,
+    queue_grid_points,
     search_space,
     suggest,
     train_in_subprocess,
@@ -77,6 +78,8 @@ def run_sweep(cfg: DictConfig, train_overrides: Sequence[str]) -> optuna.Study:
     wanted = n_wanted(sweep.n_trials, space, sweep.sampler)
     log.info("study %s: %d of %d trials done (%s)", sweep.study_name, n_finished(study), wanted, sweep_dir)
     if wanted > n_finished(study):
+        if sweep.sampler == "grid":
+            queue_grid_points(study, space)
         split = shared_split(sweep_dir, train_overrides)
         base = [*train_overrides, f"dataset.split_manifest={hydra_value(str(split))}"]
         stop = StopAfterFailures()

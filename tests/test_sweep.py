@@ -183,3 +183,20 @@ def test_two_workers_share_one_postgresql_study(synthetic_cache: Path, tmp_path:
     assert sum(t.state == TrialState.COMPLETE for t in study.trials) >= 4
     # both workers did some of the work
     assert all("trial " in output for output in outputs)
+
+
+def test_a_grid_point_whose_worker_was_killed_is_run_again(synthetic_cache: Path, tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    grid = ["~sweep.params", "+sweep.params={model:{drop_rate:{type:categorical,choices:[0.0,0.2]}}}",
+            "sweep.sampler=grid", "sweep.heartbeat_s=1"]
+    run(synthetic_cache, sweep_dir, *grid, "sweep.n_trials=1")
+    # a worker takes the other grid point and is killed: its heartbeat stops
+    storage = make_storage(storage_url(None, sweep_dir), heartbeat_s=1)
+    killed = optuna.load_study(study_name="backbones", storage=storage).ask()
+    killed.suggest_categorical("model.drop_rate", [0.0, 0.2])
+    storage.record_heartbeat(killed._trial_id)
+    time.sleep(3)
+    study = run(synthetic_cache, sweep_dir, *grid, "sweep.n_trials=2")
+    finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["model.drop_rate"] for t in finished) == [0.0, 0.2]
+    assert [t.params for t in study.trials if t.state == TrialState.FAIL] == [killed.params]

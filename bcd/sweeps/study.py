@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -60,9 +61,32 @@ def make_sampler(name: str, params: dict[str, dict], seed: int) -> optuna.sample
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
-        grid = {key: list(spec["choices"]) for key, spec in params.items()}
-        return optuna.samplers.GridSampler(grid, seed=seed)
+        # the grid points are queued by queue_grid_points; the sampler only serves a point queued twice
+        return optuna.samplers.RandomSampler(seed=seed)
     raise ConfigError(f"sweep.sampler: {name!r} is not one of ['grid', 'random', 'tpe']")
+
+
+def queue_grid_points(study: optuna.Study, space: dict[str, dict]) -> int:
+    """Queue every grid point that no trial has finished, is running or waits for; returns how many.
+
+    Optuna's GridSampler counts a FAIL trial's point as visited, so a point whose worker was killed would
+    never be run again; queueing the missing points on every (re)run resumes a grid to its full size.
+    """
+    optuna.storages.fail_stale_trials(study)  # a killed worker's trial must count as failed, not running
+    keys = list(space)
+    taken = []
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
+            taken.append(trial.params)
+        elif trial.state == TrialState.WAITING:
+            taken.append(trial.system_attrs.get("fixed_params", {}))
+    queued = 0
+    for combination in itertools.product(*(space[key]["choices"] for key in keys)):
+        point = dict(zip(keys, combination, strict=True))
+        if point not in taken:
+            study.enqueue_trial(point)
+            queued += 1
+    return queued
 
 
 def search_space(params: DictConfig | Mapping, sampler: str) -> dict[str, dict]:
