@@ -433,7 +433,9 @@ def _params_text(trial: FrozenTrial) -> str:
 
 
 def _error_text(trial: FrozenTrial) -> str:
-    error = " ".join(str(trial.user_attrs.get("error", "no error recorded")).split())
+    # a trial fails without an error when its worker died: Optuna fails it once its heartbeat is stale
+    default = "no error recorded: the worker stopped during the trial (killed, or its heartbeat went stale)"
+    error = " ".join(str(trial.user_attrs.get("error", default)).split())
     if len(error) > _ERROR_CHARS:
         error = error[:_ERROR_CHARS] + " … (full text in trials.csv)"
     return error.replace("`", "'")
