@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from bcd.models.backbone import native_img_size
+from bcd.models.backbone import input_size
 from bcd.sweeps.pruning import pruning_overrides
 from bcd.sweeps.study import (
     FINISHED,
@@ -109,7 +109,7 @@ def shared_split(sweep_dir: Path, train_overrides: Sequence[str]) -> Path:
         return Path(cfg.dataset.split_manifest)
     path = sweep_dir / "split_manifest.csv"
     if not path.exists():
-        img_size = cfg.model.img_size or native_img_size(cfg.model.name)
+        img_size = input_size(cfg.model)
         datamodule = instantiate(cfg.dataset, task=cfg.task.name, img_size=img_size, seed=cfg.seed)
         # written aside and moved into place, so a worker never reads another's half-written file
         with tempfile.TemporaryDirectory(dir=sweep_dir) as scratch:

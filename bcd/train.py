@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
-from bcd.models.backbone import native_img_size
+from bcd.models.backbone import input_size
 from bcd.models.classifier import Classifier, load_classifier
 from bcd.utils.config import check_config, instantiate_dict, to_plain
 from bcd.utils.run import (
@@ -43,7 +43,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ensure_new_run_dir(output_dir)
     L.seed_everything(cfg.seed, workers=True)
 
-    img_size = cfg.model.img_size or native_img_size(cfg.model.name)
+    img_size = input_size(cfg.model)
     augment = [instantiate(t) for t in cfg.augmentation.train.values() if t is not None]
     datamodule = instantiate(cfg.dataset, task=cfg.task.name, img_size=img_size, augment=augment, seed=cfg.seed)
     if is_main_process():

@@ -6,6 +6,7 @@ import difflib
 import importlib
 import logging
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -324,3 +325,8 @@ def native_img_size(name: str) -> int:
     if cfg is None or not cfg.input_size:
         return 224  # timm's own default when a model has no pretrained config
     return int(cfg.input_size[-1])
+
+
+def input_size(model_cfg: Mapping[str, Any]) -> int:
+    """The input side length of a model config: model.img_size, or the model's native size when it is null."""
+    return int(model_cfg.get("img_size") or native_img_size(model_cfg["name"]))

@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bcd.models.backbone import native_img_size
+from bcd.models.backbone import input_size
 from bcd.utils.run import write_json
 
 
@@ -40,7 +40,7 @@ class TrainedRun:
         """The input size the model was trained at: the run's summary.json, else the checkpoint's model config."""
         if "img_size" in self.summary:
             return int(self.summary["img_size"])
-        return int(model_hparams.get("img_size") or native_img_size(model_hparams["name"]))
+        return input_size(model_hparams)
 
     @property
     def metrics_csv(self) -> Path:
