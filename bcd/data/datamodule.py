@@ -25,6 +25,7 @@ from bcd.data.splits import (
     class_weights,
     fingerprint,
     split_counts,
+    split_groups,
     write_manifest,
 )
 from bcd.data.synthetic import ensure_synthetic_dataset
@@ -97,6 +98,7 @@ class SmearDataModule(L.LightningDataModule):
         # filled in by prepare()
         self.data_dir: Path | None = None
         self.samples: list[Sample] = []
+        self.group_ids: list[str] = []
         self.source_classes: list[str] = []
         self.bad_files: dict[Path, str] = {}
         self.class_weights: list[float] = []
@@ -123,7 +125,11 @@ class SmearDataModule(L.LightningDataModule):
         if self.split_manifest is not None:
             check_hashes(samples, audit.hashes, key="dataset.split_manifest")
         samples = [replace(s, sha1=audit.hashes[s.path]) for s in samples if s.path not in audit.bad]
-        self.samples = assign_splits(samples, self.val_fraction, self.test_fraction, self.seed, self.dedup)
+        # one id per sample: samples that must share a split side (duplicates, a group) share an id
+        self.group_ids = split_groups(samples, self.dedup)
+        self.samples = assign_splits(
+            samples, self.val_fraction, self.test_fraction, self.seed, groups=self.group_ids
+        )
         self.class_weights = class_weights(self.targets("train"), len(self.class_names))
         self.fingerprint = fingerprint(self.samples, root)
         log.info("dataset %s: %s", self.name, json.dumps(split_counts(self.samples, self.source_classes)))

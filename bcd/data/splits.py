@@ -63,14 +63,20 @@ def _holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int)
 
 
 def assign_splits(
-    samples: Sequence[Sample], val_fraction: float, test_fraction: float, seed: int, dedup: str = "exact"
+    samples: Sequence[Sample],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    dedup: str = "exact",
+    groups: Sequence[str] | None = None,
 ) -> list[Sample]:
-    """Give every sample a split; splits already set (pre-split folders, a manifest) are kept as they are."""
+    """Give every sample a split, keeping each group on one side (groups: one id per sample, by default
+    split_groups(samples, dedup)); splits already set (pre-split folders, a manifest) are kept as they are."""
     for key, value in (("dataset.val_fraction", val_fraction), ("dataset.test_fraction", test_fraction)):
         if not 0.0 <= value < 0.5:
             raise DatasetError(f"{key}: {value} must be in [0, 0.5)")
     labels = np.array([s.label for s in samples])
-    groups = np.array(split_groups(samples, dedup))
+    groups = np.array(split_groups(samples, dedup) if groups is None else list(groups))
     splits = np.array([s.split or "" for s in samples], dtype=object)
     if not splits.all():
         splits[:] = "train"
