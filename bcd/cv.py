@@ -1,0 +1,233 @@
+"""Grouped k-fold cross-validation: `python -m bcd.cv folds=5 [train overrides] [cv.key=value]`.
+
+The CV dir holds the plan (cv_plan.json; folds.csv: every image's fold; manifests/fold_<i>.csv: the split
+where fold i is test), one normal bcd.train run per fold (fold_<i>/, plus predictions.csv: its held-out
+images) and the aggregate (cv.json, cv_report.md). Folds may run in separate processes or on separate
+machines on one CV dir (cv.dir=... cv.fold=i) and be aggregated afterwards (cv.dir=... cv.aggregate=true).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from bcd.data.folds import assign_folds, read_folds, write_fold_manifests, write_folds
+from bcd.models.backbone import input_size
+from bcd.models.classifier import load_classifier
+from bcd.models.inference import pick_device, predict_logits
+from bcd.reporting.cv_report import read_predictions, summarize_cv, write_cv_report
+from bcd.reporting.report import write_predictions
+from bcd.sweeps.study import hydra_value, on_one_device, override_key, train_in_subprocess
+from bcd.train import train
+from bcd.utils.config import ConfigError, check_config
+from bcd.utils.run import command_line, write_json
+
+log = logging.getLogger(__name__)
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+CV_KEYS = ("folds", "cv")
+PLAN, PREDICTIONS, IMAGE_LEVEL = "cv_plan.json", "predictions.csv", "image-level"
+
+
+def compose_cv(overrides: Sequence[str]) -> DictConfig:
+    """The config `python -m bcd.cv <overrides>` runs: the training config plus folds and cv.*."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="cv", overrides=list(overrides))
+
+
+def run_cv(argv: Sequence[str]) -> dict[str, Any] | None:
+    """Plan the folds, train every fold not yet done (or only cv.fold) and aggregate; returns cv.json's content."""
+    cfg = compose_cv(argv)
+    check_config(cfg)
+    cv_dir = Path(cfg.cv.dir or Path(cfg.paths.log_dir) / cfg.task_name / "runs" / f"{datetime.now():%Y-%m-%d_%H-%M-%S-%f}")
+    cv_dir = cv_dir.expanduser().resolve()
+    overrides = [*argv, f"cv.dir={hydra_value(str(cv_dir))}"]
+    variants = [(cv_dir, overrides)]
+    if cfg.cv.compare_image_level:
+        no_groups = ["dataset.groups=null"] if "groups" in cfg.dataset else []
+        variants.append((cv_dir / IMAGE_LEVEL, [*overrides, "dataset.dedup=none", *no_groups]))
+    compared = [Path(d).expanduser().resolve() for d in cfg.cv.compare]
+    check_request(cfg, cv_dir, [d for d, _ in variants] if cfg.cv.aggregate else [], compared)
+    if not cfg.cv.aggregate:
+        for run_dir, run_overrides in variants:
+            plan = ensure_plan(run_dir, compose_cv(run_overrides), image_level=run_dir.name == IMAGE_LEVEL)
+            for fold in range(plan["folds"]) if cfg.cv.fold is None else [cfg.cv.fold]:
+                if finished_fold(run_dir, fold) is None:
+                    run_fold(run_dir, fold, run_overrides)
+        if cfg.cv.fold is not None:
+            log.info("fold %d done in %s; aggregate with: python -m bcd.cv cv.dir=%s cv.aggregate=true", cfg.cv.fold,
+                     cv_dir, cv_dir)
+            return None
+    return aggregate(cv_dir, [d for d, _ in variants] + compared, cfg.cv)
+
+
+def check_request(cfg: DictConfig, cv_dir: Path, aggregated: Sequence[Path], compared: Sequence[Path]) -> None:
+    """Fail before any training on what this command cannot do, naming the key and the fix."""
+    folds = cfg.folds
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ConfigError(f"folds: {folds!r} must be an integer >= 2, e.g. folds=5")
+    if cfg.cv.fold is not None and not (isinstance(cfg.cv.fold, int) and 0 <= cfg.cv.fold < folds):
+        raise ConfigError(f"cv.fold: {cfg.cv.fold!r} is not a fold of folds={folds}; choose 0..{folds - 1}")
+    if cfg.cv.aggregate and (cfg.cv.fold is not None or not cfg.cv.dir):
+        raise ConfigError("cv.aggregate=true aggregates the finished folds of an existing CV dir: pass cv.dir=<it> "
+                          "and no cv.fold")
+    if cfg.cv.fold is None:
+        for name in ("cv.json", "cv_report.md"):
+            if (cv_dir / name).exists():
+                raise FileExistsError(f"cv.dir: {cv_dir / name} exists; bcd never overwrites results. Delete cv.json "
+                                      "and cv_report.md (they are rebuilt from the folds' predictions) or use a new cv.dir")
+    for run_dir in aggregated:
+        missing_folds(run_dir, "cv.dir")
+    for other in compared:
+        missing_folds(other, "cv.compare")
+
+
+def missing_folds(cv_dir: Path, key: str) -> None:
+    """Raise unless cv_dir holds a CV plan whose every fold has its predictions."""
+    if not (cv_dir / PLAN).is_file():
+        raise ConfigError(f"{key}: {cv_dir} is not a CV dir (no {PLAN}); pass the dir that `python -m bcd.cv` made")
+    folds = json.loads((cv_dir / PLAN).read_text())["folds"]
+    missing = [fold for fold in range(folds) if finished_fold(cv_dir, fold) is None]
+    if missing:
+        raise ConfigError(f"{key}: folds {missing} of {cv_dir} are not finished; train them with "
+                          f"`python -m bcd.cv cv.dir={cv_dir} folds={folds} cv.fold=<i> <the same overrides>` (or "
+                          "leave out cv.fold to train every missing fold), then aggregate")
+
+
+def ensure_plan(cv_dir: Path, cfg: DictConfig, image_level: bool) -> dict[str, Any]:
+    """The CV dir's folds: read back when planned already (refusing other settings), else made and written."""
+    grouping = {key: cfg.dataset.get(key) for key in ("dedup", "near_threshold", "groups", "proxy_groups")}
+    settings = {"folds": cfg.folds, "seed": cfg.seed, **grouping, "image_level": image_level, "task": cfg.task.name,
+                "model": cfg.model.name, "img_size": input_size(cfg.model)}
+    if (cv_dir / PLAN).is_file():
+        plan = json.loads((cv_dir / PLAN).read_text())
+        differ = {k: (plan["settings"].get(k), v) for k, v in settings.items() if plan["settings"].get(k) != v}
+        if differ:
+            raise ConfigError(f"cv.dir: {cv_dir} was planned with other settings {{key: (planned, asked)}} {differ}; "
+                              "run with the planned ones or choose a new cv.dir")
+        return plan
+    datamodule = instantiate(cfg.dataset, task=cfg.task.name, img_size=settings["img_size"], seed=cfg.seed)
+    datamodule.prepare()
+    samples = datamodule.samples
+    groups = [f"image{i}" for i in range(len(samples))] if image_level else datamodule.group_ids
+    folds = assign_folds([s.label for s in samples], groups, cfg.folds, cfg.seed)
+    write_fold_manifests(cv_dir / "manifests", samples, folds, groups, datamodule.data_dir,
+                         cfg.dataset.val_fraction, cfg.seed)
+    write_folds(cv_dir / "folds.csv", samples, folds, groups, datamodule.data_dir)
+    plan = {
+        "folds": cfg.folds, "settings": settings, "split_method": IMAGE_LEVEL if image_level else split_method(datamodule),
+        "n_images": len(samples), "n_groups": len(set(groups)), "fold_sizes": [int((folds == f).sum()) for f in range(cfg.folds)],
+        "class_names": datamodule.class_names, "positive_classes": datamodule.positive_class_indices(),
+        "dataset": datamodule.name, "fingerprint": datamodule.fingerprint, "command": command_line(),
+    }
+    scratch = cv_dir / f".{PLAN}.{os.getpid()}"
+    write_json(scratch, plan)
+    os.replace(scratch, cv_dir / PLAN)  # written last: a plan file means folds.csv and manifests/ are complete
+    log.info("%d folds of %d images in %d groups (%s): %s", cfg.folds, len(samples), plan["n_groups"],
+             plan["split_method"], cv_dir / "folds.csv")
+    return plan
+
+
+def split_method(datamodule: Any) -> str:
+    """How the datamodule keeps images together: its own split_method when it has one, else from dedup/groups."""
+    method = getattr(datamodule, "split_method", None)
+    if method:
+        return method() if callable(method) else str(method)
+    if any(s.group for s in datamodule.samples):
+        return "real-group"
+    return "exact-dedup" if datamodule.dedup == "exact" else IMAGE_LEVEL
+
+
+def finished_fold(cv_dir: Path, fold: int) -> Path | None:
+    """The run dir of a fold whose predictions are written (fold_<i>, or fold_<i>-retry<k> after a killed try)."""
+    tries = [cv_dir / f"fold_{fold}", *sorted(cv_dir.glob(f"fold_{fold}-retry*"))]
+    return next((d for d in tries if (d / PREDICTIONS).is_file()), None)
+
+
+def run_fold(cv_dir: Path, fold: int, overrides: Sequence[str]) -> Path:
+    """Train fold `fold` as a bcd.train run in <cv dir>/fold_<i>/ and write its held-out predictions."""
+    fold_dir, retry = cv_dir / f"fold_{fold}", 0
+    while fold_dir.exists():  # a killed try left it behind
+        retry += 1
+        fold_dir = cv_dir / f"fold_{fold}-retry{retry}"
+    fold_dir.mkdir(parents=True)
+    overrides = [*overrides, f"dataset.split_manifest={hydra_value(str(cv_dir / 'manifests' / f'fold_{fold}.csv'))}"]
+    cfg = compose_cv([*overrides, f"paths.output_dir={hydra_value(str(fold_dir))}"])
+    if cfg.logger and cfg.logger.get("wandb"):  # one W&B run per fold, grouped by CV dir
+        overrides += [f"logger.wandb.group={hydra_value(cv_dir.name)}", f"logger.wandb.name=fold-{fold}"]
+        cfg = compose_cv([*overrides, f"paths.output_dir={hydra_value(str(fold_dir))}"])
+    log.info("fold %d of %d: %s", fold, cfg.folds, fold_dir)
+    if on_one_device(cfg):
+        summary = train(cfg)
+    else:  # DDP needs a process of its own
+        summary = train_in_subprocess([o for o in overrides if override_key(o).split(".")[0] not in CV_KEYS], fold_dir)
+    checkpoint = summary["checkpoints"]["best"] or summary["checkpoints"]["last"]
+    if not checkpoint:
+        raise ConfigError("callbacks.model_checkpoint: cross-validation predicts with the best checkpoint; keep it")
+    write_fold_predictions(cfg, checkpoint, fold_dir / PREDICTIONS)
+    return fold_dir
+
+
+def write_fold_predictions(cfg: DictConfig, checkpoint: str, path: Path) -> None:
+    """predictions.csv of a fold's test images (its held-out fold), predicted on one device."""
+    model = load_classifier(checkpoint)
+    # the manifest fixes the split, so the datamodule need not find duplicates or proxy groups again
+    no_grouping = {"dedup": "none", **({"groups": None} if "groups" in cfg.dataset else {})}
+    datamodule = instantiate(cfg.dataset, task=cfg.task.name, img_size=input_size(cfg.model), seed=cfg.seed,
+                             cache_images=False, **no_grouping)
+    datamodule.prepare()
+    datamodule.setup()
+    logits, targets = predict_logits(model, datamodule.loader("test"), pick_device(cfg.trainer.accelerator))
+    scratch = path.with_name(f".{path.name}.{os.getpid()}")
+    write_predictions(scratch, datamodule.split_samples("test"), ["test"], logits, targets, datamodule.class_names, None)
+    os.replace(scratch, path)  # a predictions file means the fold is finished
+
+
+def aggregate(cv_dir: Path, run_dirs: Sequence[Path], cv: DictConfig) -> dict[str, Any]:
+    """cv.json and cv_report.md in cv_dir: per-fold, mean ± std and pooled metrics of every run dir."""
+    runs = [cv_results(run_dir, cv) for run_dir in run_dirs]
+    for run in runs[1:]:
+        if run["class_names"] != runs[0]["class_names"]:
+            raise ConfigError(f"cv.compare: {run['dir']} has classes {run['class_names']}, this CV "
+                              f"{runs[0]['class_names']}; compare CV runs of one task and dataset")
+    result = {**runs[0], "compare": runs[1:]}
+    write_json(cv_dir / "cv.json", result)
+    write_cv_report(cv_dir / "cv_report.md", runs)
+    for run in runs:
+        log.info("%s: macro-F1 %.3f ± %.3f over folds, pooled %s", run["split_method"], run["mean"]["macro_f1"],
+                 run["std"]["macro_f1"], run["pooled"]["macro_f1"])
+    log.info("CV report: %s", cv_dir / "cv_report.md")
+    return result
+
+
+def cv_results(cv_dir: Path, cv: DictConfig) -> dict[str, Any]:
+    """A finished CV dir's plan and its metrics, from the predictions of its folds."""
+    plan = json.loads((cv_dir / PLAN).read_text())
+    fold_of = read_folds(cv_dir / "folds.csv")
+    predictions = [read_predictions(finished_fold(cv_dir, fold) / PREDICTIONS, plan["class_names"])
+                   for fold in range(plan["folds"])]
+    for fold, (_, targets) in enumerate(predictions):
+        if len(targets) != fold_of.count(fold):
+            raise ValueError(f"{cv_dir}: fold {fold} predicted {len(targets)} images, folds.csv holds {fold_of.count(fold)}")
+    metrics = summarize_cv(predictions, plan["class_names"], plan["positive_classes"], cv.n_boot, cv.ci, cv.seed)
+    return {"dir": str(cv_dir), **plan, **plan["settings"], "ci_level": cv.ci, "n_boot": cv.n_boot, **metrics}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point."""
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    run_cv(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Cross-validation results: per-fold metrics, their mean ± std, pooled out-of-fold metrics with bootstrap
+CIs, and cv_report.md that sets several CV runs (e.g. proxy-group vs image-level splits) side by side."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bcd.reporting import stats
+from bcd.reporting.report import HEADLINE
+
+FOLD_COLUMNS = [("acc", "Accuracy"), ("balanced_acc", "Balanced acc."), ("macro_f1", "Macro F1"),
+                ("auroc", "AUROC"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity")]
+
+
+def read_predictions(path: Path, class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (N, C) and targets (N,) from a predictions.csv (bcd.reporting.report.write_predictions)."""
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    probs = np.array([[float(row[f"prob_{name}"]) for name in class_names] for row in rows], dtype=np.float64)
+    targets = np.array([class_names.index(row["true_label"]) for row in rows], dtype=np.int64)
+    return probs.reshape(len(rows), len(class_names)), targets
+
+
+def summarize_cv(
+    fold_predictions: Sequence[tuple[np.ndarray, np.ndarray]],
+    class_names: Sequence[str],
+    positive_classes: Sequence[int] | None,
+    n_boot: int,
+    ci: float,
+    seed: int,
+) -> dict[str, Any]:
+    """Metrics of every fold's held-out images, their mean and std (ddof=1) over folds, and the metrics of all
+    out-of-fold predictions pooled, with percentile-bootstrap CIs (images resampled)."""
+    per_fold = [stats.point_metrics(probs, targets, class_names, positive_classes) for probs, targets in fold_predictions]
+    keys = list(per_fold[0])
+    values = {key: np.array([metrics[key] for metrics in per_fold], dtype=np.float64) for key in keys}
+    probs = np.concatenate([p for p, _ in fold_predictions])
+    targets = np.concatenate([t for _, t in fold_predictions])
+    pooled = stats.bootstrap(probs, targets, class_names, positive_classes, n_boot=n_boot, ci=ci, seed=seed)
+    return {
+        "n_images": len(targets),
+        "per_fold": [{"fold": i, "n_images": len(t), "metrics": m}
+                     for i, ((_, t), m) in enumerate(zip(fold_predictions, per_fold, strict=True))],
+        "mean": {key: _nan_stat(np.nanmean, v) for key, v in values.items()},
+        "std": {key: _nan_stat(np.nanstd, v, ddof=1) for key, v in values.items()},
+        "pooled": {key: estimate.as_dict() for key, estimate in pooled.items()},
+        "confusion_matrix": stats.confusion_matrix(probs.argmax(1), targets, len(class_names)).tolist(),
+    }
+
+
+def _nan_stat(reduce: Any, values: np.ndarray, **kwargs: Any) -> float:
+    """reduce over the non-NaN values (NaN when fewer than two, or none, are left), without numpy's warning."""
+    finite = values[~np.isnan(values)]
+    needed = 1 + kwargs.get("ddof", 0)
+    return float(reduce(finite, **kwargs)) if len(finite) >= needed else math.nan
+
+
+def write_cv_report(path: Path, runs: Sequence[Mapping[str, Any]]) -> None:
+    """cv_report.md: one row per CV run (mean ± std over folds, pooled with CI), then each run's folds."""
+    first = runs[0]
+    level = f"{first['ci_level']:.0%}"
+    headline = [(key, label) for key, label in HEADLINE if key in first["pooled"]]
+    lines = [
+        f"# Cross-validation: {first['folds']} folds, {first['split_method']} split",
+        "",
+        f"- CV dir: `{first['dir']}`",
+        f"- Command: `{first['command']}`",
+        f"- Model: {first['model']}, task {first['task']}; dataset {first['dataset']} "
+        f"(fingerprint `{first['fingerprint']}`), {first['n_images']} images, classes {', '.join(first['class_names'])}",
+        "- Folds: stratified group k-fold (scikit-learn StratifiedGroupKFold, seed "
+        f"{first['seed']}); every group of images sits in one fold. Each fold trains on the other folds "
+        "(a grouped val carved out of them picks the checkpoint) and is tested once.",
+        f"- Pooled: the out-of-fold predictions of every image together; {level} intervals from "
+        f"{first['n_boot']} bootstrap resamples of the images. Mean ± std: over folds (std with ddof=1).",
+        "",
+        "## Mean ± std over folds",
+        "",
+        *_table(["split", "folds", "images", "groups", *(label for _, label in headline)],
+                [[r["split_method"], r["folds"], r["n_images"], r["n_groups"],
+                  *(_mean_std(r, key) for key, _ in headline)] for r in runs]),
+        "",
+        f"## Pooled out-of-fold metrics ({level} CI)",
+        "",
+        *_table(["split", *(label for _, label in headline)],
+                [[r["split_method"], *(stats.Estimate(**r["pooled"][key]).format() for key, _ in headline)]
+                 for r in runs]),
+    ]
+    for run in runs:
+        lines += ["", f"## Folds: {run['split_method']} (`{run['dir']}`)", "", *_fold_table(run)]
+        lines += ["", f"Pooled per class ({level} CI):", "", *_per_class_table(run)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _mean_std(run: Mapping[str, Any], key: str, digits: int = 3) -> str:
+    """'mean ± std' of a metric over a run's folds ('n/a' when undefined)."""
+    mean, std = run["mean"][key], run["std"][key]
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if not math.isnan(std) else f"{mean:.{digits}f}"
+
+
+def _fold_table(run: Mapping[str, Any]) -> list[str]:
+    """One row per fold: its held-out images and their metrics."""
+    columns = [(key, label) for key, label in FOLD_COLUMNS if key in run["mean"]]
+    rows = [[fold["fold"], fold["n_images"], *(_number(fold["metrics"][key]) for key, _ in columns)]
+            for fold in run["per_fold"]]
+    rows.append(["mean ± std", run["n_images"], *(_mean_std(run, key) for key, _ in columns)])
+    return _table(["fold", "test images", *(label for _, label in columns)], rows)
+
+
+def _per_class_table(run: Mapping[str, Any]) -> list[str]:
+    """Pooled precision, recall and F1 of every class, with CIs."""
+    pooled = run["pooled"]
+    return _table(
+        ["class", "precision", "recall", "F1", "images"],
+        [[name, *(stats.Estimate(**pooled[f"{metric}/{name}"]).format() for metric in ("precision", "recall", "f1")),
+          int(pooled[f"support/{name}"]["value"])] for name in run["class_names"]],
+    )
+
+
+def _number(value: float, digits: int = 3) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
