@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from bcd.data.audit import audit_files, format_bad_files
 from bcd.data.dataset import SmearDataset, build_cache
+from bcd.data.proxy_groups import describe_proxy_groups, proxy_group_ids
 from bcd.data.samplers import EpochSampler
 from bcd.data.sources import SPLITS, DatasetError, Sample, check_root, load_samples, read_manifest
 from bcd.data.splits import (
@@ -26,6 +27,7 @@ from bcd.data.splits import (
     fingerprint,
     split_counts,
     split_groups,
+    split_method,
     write_manifest,
 )
 from bcd.data.synthetic import ensure_synthetic_dataset
@@ -50,6 +52,9 @@ class SmearDataModule(L.LightningDataModule):
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
         dedup: str = "exact",
+        near_threshold: int = 6,
+        groups: str | None = None,
+        proxy_groups: int = 4,
         on_bad_file: str = "fail",
         cache_images: bool = False,
         batch_size: int = 32,
@@ -82,6 +87,11 @@ class SmearDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.dedup = dedup
+        self.near_threshold = near_threshold
+        if groups not in (None, "proxy"):
+            raise DatasetError(f"dataset.groups: {groups!r} is not one of [null, proxy]")
+        self.groups = groups
+        self.proxy_groups = proxy_groups
         self.on_bad_file = on_bad_file
         self.cache_images = cache_images
         self.batch_size = batch_size
@@ -99,6 +109,7 @@ class SmearDataModule(L.LightningDataModule):
         self.data_dir: Path | None = None
         self.samples: list[Sample] = []
         self.group_ids: list[str] = []
+        self.proxy_ids: list[str | None] | None = None
         self.source_classes: list[str] = []
         self.bad_files: dict[Path, str] = {}
         self.class_weights: list[float] = []
@@ -125,8 +136,14 @@ class SmearDataModule(L.LightningDataModule):
         if self.split_manifest is not None:
             check_hashes(samples, audit.hashes, key="dataset.split_manifest")
         samples = [replace(s, sha1=audit.hashes[s.path]) for s in samples if s.path not in audit.bad]
+        if self.groups == "proxy":
+            # clustered with a fixed seed: the proxy groups describe the data, and must not move with the split seed
+            self.proxy_ids = proxy_group_ids(samples, self.proxy_groups, max_pixels=self.max_pixels)
+            log.info("dataset %s: %s", self.name, describe_proxy_groups(self.proxy_ids))
         # one id per sample: samples that must share a split side (duplicates, a group) share an id
-        self.group_ids = split_groups(samples, self.dedup)
+        self.group_ids = split_groups(
+            samples, self.dedup, near_threshold=self.near_threshold, proxy_ids=self.proxy_ids
+        )
         self.samples = assign_splits(
             samples, self.val_fraction, self.test_fraction, self.seed, groups=self.group_ids
         )
@@ -137,6 +154,11 @@ class SmearDataModule(L.LightningDataModule):
             write_manifest(Path(output_dir) / "split_manifest.csv", self.samples, root)
             if audit.bad:
                 (Path(output_dir) / "skipped_files.txt").write_text(format_bad_files(audit.bad, limit=10**9) + "\n")
+
+    @property
+    def split_method(self) -> str:
+        """What the split kept together, to print next to every number (see bcd.data.splits.split_method)."""
+        return split_method(self.dedup, self.samples, self.proxy_ids)
 
     def data_root(self) -> Path:
         """The folder images are read from; for synthetic data it is generated there first."""

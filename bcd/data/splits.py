@@ -10,8 +10,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
 
+from bcd.data.near_duplicates import near_duplicate_pairs, perceptual_hashes
 from bcd.data.sources import SPLITS, DatasetError, Sample
 
 log = logging.getLogger(__name__)
@@ -19,32 +22,58 @@ log = logging.getLogger(__name__)
 MANIFEST_COLUMNS = ("path", "label", "group", "split", "sha1")
 
 
-def split_groups(samples: Sequence[Sample], dedup: str) -> list[str]:
-    """One group id per sample: rows of one `group` and (with dedup=exact) byte-identical files share an id."""
-    if dedup not in ("exact", "none"):
-        raise DatasetError(f"dataset.dedup: {dedup!r} is not one of ['exact', 'none']")
-    parent = list(range(len(samples)))
+DEDUP_MODES = ("exact", "near", "none")
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
 
-    def union_by(key_of: list[str | None]) -> None:
-        first: dict[str, int] = {}
-        for i, key in enumerate(key_of):
-            if key is None:
-                continue
-            if key in first:
-                parent[find(i)] = find(first[key])
-            else:
-                first[key] = i
+def split_groups(
+    samples: Sequence[Sample],
+    dedup: str,
+    *,
+    near_threshold: int = 6,
+    proxy_ids: Sequence[str | None] | None = None,
+    hash_bits: np.ndarray | None = None,
+) -> list[str]:
+    """One group id per sample; samples that must share a split side share an id: rows of one `group`, of one
+    proxy group (proxy_ids), byte-identical files (dedup=exact|near) and near-duplicates (dedup=near: perceptual
+    hashes at most near_threshold bits apart; hash_bits: the samples' perceptual_hashes, computed when not given)."""
+    if dedup not in DEDUP_MODES:
+        raise DatasetError(f"dataset.dedup: {dedup!r} is not one of {list(DEDUP_MODES)}")
+    edges = _shared_key_edges([s.group for s in samples])
+    if proxy_ids is not None:
+        edges += _shared_key_edges(proxy_ids)
+    if dedup in ("exact", "near"):
+        edges += _shared_key_edges([s.sha1 for s in samples])
+    if dedup == "near":
+        bits = perceptual_hashes([s.path for s in samples]) if hash_bits is None else hash_bits
+        edges += [(pair.first, pair.second) for pair in near_duplicate_pairs(bits, near_threshold)]
+    return [f"g{component}" for component in connected_groups(len(samples), edges)]
 
-    union_by([s.group for s in samples])
-    if dedup == "exact":
-        union_by([s.sha1 for s in samples])
-    return [f"g{find(i)}" for i in range(len(samples))]
+
+def split_method(dedup: str, samples: Sequence[Sample], proxy_ids: Sequence[str | None] | None) -> str:
+    """What a split by split_groups kept together: image-level, exact-dedup, near-dedup, proxy-group (acquisition
+    clusters standing in for patients; real groups win where a sample has one) or real-group (the manifest's)."""
+    if proxy_ids is not None and any(proxy is not None for proxy in proxy_ids):
+        return "proxy-group"
+    if any(s.group is not None for s in samples):
+        return "real-group"
+    return {"none": "image-level", "exact": "exact-dedup", "near": "near-dedup"}[dedup]
+
+
+def _shared_key_edges(keys: Sequence[str | None]) -> list[tuple[int, int]]:
+    """Edges that join every row to the first row with the same key (None joins nothing)."""
+    first: dict[str, int] = {}
+    edges = []
+    for i, key in enumerate(keys):
+        if key is not None:
+            edges.append((first.setdefault(key, i), i))
+    return edges
+
+
+def connected_groups(n: int, edges: Sequence[tuple[int, int]]) -> list[int]:
+    """The connected component of each of n items joined by edges, numbered in order of first appearance."""
+    rows, cols = (list(side) for side in zip(*edges, strict=True)) if edges else ([], [])
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    return connected_components(graph, directed=False)[1].tolist()
 
 
 def _holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:

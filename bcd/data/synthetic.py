@@ -325,8 +325,11 @@ def _draw_leukocyte(
     return (ys, xs), cell_mask, cytoplasm, nucleus
 
 
-def generate_image(class_index: int, rng: np.random.Generator, size: int = 224) -> np.ndarray:
-    """Draw one synthetic smear image of the given class as an HxWx3 uint8 RGB array."""
+def generate_image(
+    class_index: int, rng: np.random.Generator, size: int = 224, tint: tuple[float, float, float] | None = None
+) -> np.ndarray:
+    """Draw one synthetic smear image of the given class as an HxWx3 uint8 RGB array; `tint` multiplies the
+    lamp colour per channel (R, G, B), like one acquisition session's illumination."""
     if not 0 <= class_index < len(CLASS_NAMES):
         raise ValueError(f"class_index must be in [0, {len(CLASS_NAMES) - 1}], got {class_index}")
     if size < 32:
@@ -335,6 +338,8 @@ def generate_image(class_index: int, rng: np.random.Generator, size: int = 224) 
     morph = _MORPHOLOGY[class_index]
 
     background = _draw_background(rng, size)
+    if tint is not None:
+        background *= np.asarray(tint, dtype=np.float32)[:, None, None]
     rbc = np.zeros((size, size), dtype=np.float32)
     _draw_rbcs(rng, size, scale, rbc)
     (ys, xs), cell_mask, cytoplasm, nucleus = _draw_leukocyte(rng, size, scale, morph)
