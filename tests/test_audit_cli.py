@@ -21,7 +21,7 @@ def test_audit_cli_reports_planted_duplicates_conflict_and_proxy_groups(tmp_path
     planted = plant_duplicates(root)
     (root / "Pro" / "notes.txt").write_text("not an image")
     (root / "Pro" / "empty.jpg").write_bytes(b"")
-    result = run_cli(["bcd.data.audit", "dataset=folder", f"dataset.root={root}", "dataset.groups=proxy",
+    result = run_cli(["bcd.data.audit", "dataset=folder", f"dataset.root={root}", "dataset.groups=proxy", "dataset.proxy_groups=4",
                       f"paths.log_dir={tmp_path / 'runs'}"], cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     [out] = (tmp_path / "runs" / "audit" / "runs").iterdir()

@@ -107,8 +107,9 @@ def colour_shortcut(
     folds that keep each group (duplicates, patients) whole, scored by balanced accuracy."""
     labels = np.asarray(labels)
     chance = 1.0 / len(set(labels.tolist()))
-    smallest = min(np.unique(labels, return_counts=True)[1].min(), len(set(groups)))
-    folds = min(folds, int(smallest))
+    # every test fold needs a group of every class, or balanced accuracy is computed over missing classes
+    groups_per_class = [len({g for g, label in zip(groups, labels, strict=True) if label == c}) for c in set(labels)]
+    folds = min(folds, *groups_per_class)
     if folds < 2:
         return ShortcutScore(balanced_accuracy=float("nan"), fold_scores=[], chance=chance, folds=folds)
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))

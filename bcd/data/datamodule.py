@@ -54,7 +54,7 @@ class SmearDataModule(L.LightningDataModule):
         dedup: str = "exact",
         near_threshold: int = 6,
         groups: str | None = None,
-        proxy_groups: int = 4,
+        proxy_groups: int = 8,
         on_bad_file: str = "fail",
         cache_images: bool = False,
         batch_size: int = 32,

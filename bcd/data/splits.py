@@ -117,7 +117,19 @@ def assign_splits(
         share = val_fraction / (1.0 - (splits == "test").mean())
         splits[train[_holdout(labels[train], groups[train], share, seed + 1)]] = "val"
     _warn_leaks(samples, splits)
+    _warn_missing_classes(labels, splits)
     return [replace(s, split=str(split)) for s, split in zip(samples, splits, strict=True)]
+
+
+def _warn_missing_classes(labels: np.ndarray, splits: np.ndarray) -> None:
+    """Warn when a split lacks a class: a few large groups (e.g. coarse proxy groups) defeat stratification."""
+    for split in sorted(set(splits.tolist())):
+        missing = sorted(set(labels.tolist()) - set(labels[splits == split].tolist()))
+        if missing:
+            log.warning(
+                "the %s split has no images of class(es) %s: its groups are too few or too large to stratify; "
+                "with dataset.groups=proxy raise dataset.proxy_groups, or lower the split fractions", split, missing
+            )
 
 
 def _warn_leaks(samples: Sequence[Sample], splits: np.ndarray) -> None:
