@@ -21,11 +21,11 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from bcd.data.folds import assign_folds, read_folds, write_fold_manifests, write_folds
+from bcd.data.folds import assign_folds, write_fold_manifests, write_folds
 from bcd.models.backbone import input_size
 from bcd.models.classifier import load_classifier
 from bcd.models.inference import pick_device, predict_logits
-from bcd.reporting.cv_report import read_predictions, summarize_cv, write_cv_report
+from bcd.reporting.cv_results import PLAN, PREDICTIONS, aggregate, check_finished, finished_fold
 from bcd.reporting.report import write_predictions
 from bcd.sweeps.study import hydra_value, on_one_device, override_key, train_in_subprocess
 from bcd.train import train
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 CV_KEYS = ("folds", "cv")
-PLAN, PREDICTIONS, IMAGE_LEVEL = "cv_plan.json", "predictions.csv", "image-level"
+IMAGE_LEVEL = "image-level"
 
 
 def compose_cv(overrides: Sequence[str]) -> DictConfig:
@@ -46,11 +46,11 @@ def compose_cv(overrides: Sequence[str]) -> DictConfig:
 
 
 def run_cv(argv: Sequence[str]) -> dict[str, Any] | None:
-    """Plan the folds, train every fold not yet done (or only cv.fold) and aggregate; returns cv.json's content."""
+    """Plan the folds, train every unfinished fold (or only cv.fold), aggregate; returns what cv.json holds."""
     cfg = compose_cv(argv)
     check_config(cfg)
-    cv_dir = Path(cfg.cv.dir or Path(cfg.paths.log_dir) / cfg.task_name / "runs" / f"{datetime.now():%Y-%m-%d_%H-%M-%S-%f}")
-    cv_dir = cv_dir.expanduser().resolve()
+    new_dir = Path(cfg.paths.log_dir) / cfg.task_name / "runs" / f"{datetime.now():%Y-%m-%d_%H-%M-%S-%f}"
+    cv_dir = Path(cfg.cv.dir or new_dir).expanduser().resolve()
     overrides = [*argv, f"cv.dir={hydra_value(str(cv_dir))}"]
     variants = [(cv_dir, overrides)]
     if cfg.cv.compare_image_level:
@@ -65,13 +65,15 @@ def run_cv(argv: Sequence[str]) -> dict[str, Any] | None:
                 if finished_fold(run_dir, fold) is None:
                     run_fold(run_dir, fold, run_overrides)
         if cfg.cv.fold is not None:
-            log.info("fold %d done in %s; aggregate with: python -m bcd.cv cv.dir=%s cv.aggregate=true", cfg.cv.fold,
-                     cv_dir, cv_dir)
+            log.info("fold %d done; once every fold is: python -m bcd.cv cv.dir=%s cv.aggregate=true",
+                     cfg.cv.fold, cv_dir)
             return None
     return aggregate(cv_dir, [d for d, _ in variants] + compared, cfg.cv)
 
 
-def check_request(cfg: DictConfig, cv_dir: Path, aggregated: Sequence[Path], compared: Sequence[Path]) -> None:
+def check_request(
+    cfg: DictConfig, cv_dir: Path, aggregated: Sequence[Path], compared: Sequence[Path]
+) -> None:
     """Fail before any training on what this command cannot do, naming the key and the fix."""
     folds = cfg.folds
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
@@ -79,79 +81,84 @@ def check_request(cfg: DictConfig, cv_dir: Path, aggregated: Sequence[Path], com
     if cfg.cv.fold is not None and not (isinstance(cfg.cv.fold, int) and 0 <= cfg.cv.fold < folds):
         raise ConfigError(f"cv.fold: {cfg.cv.fold!r} is not a fold of folds={folds}; choose 0..{folds - 1}")
     if cfg.cv.aggregate and (cfg.cv.fold is not None or not cfg.cv.dir):
-        raise ConfigError("cv.aggregate=true aggregates the finished folds of an existing CV dir: pass cv.dir=<it> "
-                          "and no cv.fold")
+        raise ConfigError(
+            "cv.aggregate=true aggregates the finished folds of an existing CV dir: pass cv.dir=<it> "
+            "and no cv.fold"
+        )
     if cfg.cv.fold is None:
         for name in ("cv.json", "cv_report.md"):
             if (cv_dir / name).exists():
-                raise FileExistsError(f"cv.dir: {cv_dir / name} exists; bcd never overwrites results. Delete cv.json "
-                                      "and cv_report.md (they are rebuilt from the folds' predictions) or use a new cv.dir")
+                raise FileExistsError(
+                    f"cv.dir: {cv_dir / name} exists; bcd never overwrites results. Delete cv.json "
+                    "and cv_report.md (they are rebuilt from the folds' predictions) or use a new cv.dir"
+                )
     for run_dir in aggregated:
-        missing_folds(run_dir, "cv.dir")
+        check_finished(run_dir, "cv.dir")
     for other in compared:
-        missing_folds(other, "cv.compare")
-
-
-def missing_folds(cv_dir: Path, key: str) -> None:
-    """Raise unless cv_dir holds a CV plan whose every fold has its predictions."""
-    if not (cv_dir / PLAN).is_file():
-        raise ConfigError(f"{key}: {cv_dir} is not a CV dir (no {PLAN}); pass the dir that `python -m bcd.cv` made")
-    folds = json.loads((cv_dir / PLAN).read_text())["folds"]
-    missing = [fold for fold in range(folds) if finished_fold(cv_dir, fold) is None]
-    if missing:
-        raise ConfigError(f"{key}: folds {missing} of {cv_dir} are not finished; train them with "
-                          f"`python -m bcd.cv cv.dir={cv_dir} folds={folds} cv.fold=<i> <the same overrides>` (or "
-                          "leave out cv.fold to train every missing fold), then aggregate")
+        check_finished(other, "cv.compare")
 
 
 def ensure_plan(cv_dir: Path, cfg: DictConfig, image_level: bool) -> dict[str, Any]:
     """The CV dir's folds: read back when planned already (refusing other settings), else made and written."""
     grouping = {key: cfg.dataset.get(key) for key in ("dedup", "near_threshold", "groups", "proxy_groups")}
-    settings = {"folds": cfg.folds, "seed": cfg.seed, **grouping, "image_level": image_level, "task": cfg.task.name,
-                "model": cfg.model.name, "img_size": input_size(cfg.model)}
+    settings = {
+        "folds": cfg.folds,
+        "seed": cfg.seed,
+        **grouping,
+        "image_level": image_level,
+        "task": cfg.task.name,
+        "model": cfg.model.name,
+        "img_size": input_size(cfg.model),
+    }
     if (cv_dir / PLAN).is_file():
         plan = json.loads((cv_dir / PLAN).read_text())
-        differ = {k: (plan["settings"].get(k), v) for k, v in settings.items() if plan["settings"].get(k) != v}
+        differ = {
+            k: (plan["settings"].get(k), v) for k, v in settings.items() if plan["settings"].get(k) != v
+        }
         if differ:
-            raise ConfigError(f"cv.dir: {cv_dir} was planned with other settings {{key: (planned, asked)}} {differ}; "
-                              "run with the planned ones or choose a new cv.dir")
+            raise ConfigError(
+                f"cv.dir: {cv_dir} was planned with other settings {{key: (planned, asked)}} {differ}; "
+                "run with the planned ones or choose a new cv.dir"
+            )
         return plan
     datamodule = instantiate(cfg.dataset, task=cfg.task.name, img_size=settings["img_size"], seed=cfg.seed)
     datamodule.prepare()
     samples = datamodule.samples
     groups = [f"image{i}" for i in range(len(samples))] if image_level else datamodule.group_ids
     folds = assign_folds([s.label for s in samples], groups, cfg.folds, cfg.seed)
-    write_fold_manifests(cv_dir / "manifests", samples, folds, groups, datamodule.data_dir,
-                         cfg.dataset.val_fraction, cfg.seed)
+    write_fold_manifests(
+        cv_dir / "manifests", samples, folds, groups, datamodule.data_dir, cfg.dataset.val_fraction, cfg.seed
+    )
     write_folds(cv_dir / "folds.csv", samples, folds, groups, datamodule.data_dir)
     plan = {
-        "folds": cfg.folds, "settings": settings, "split_method": IMAGE_LEVEL if image_level else split_method(datamodule),
-        "n_images": len(samples), "n_groups": len(set(groups)), "fold_sizes": [int((folds == f).sum()) for f in range(cfg.folds)],
-        "class_names": datamodule.class_names, "positive_classes": datamodule.positive_class_indices(),
-        "dataset": datamodule.name, "fingerprint": datamodule.fingerprint, "command": command_line(),
+        "folds": cfg.folds,
+        "settings": settings,
+        "split_method": IMAGE_LEVEL if image_level else split_method(datamodule),
+        "n_images": len(samples),
+        "n_groups": len(set(groups)),
+        "fold_sizes": [int((folds == f).sum()) for f in range(cfg.folds)],
+        "class_names": datamodule.class_names,
+        "positive_classes": datamodule.positive_class_indices(),
+        "dataset": datamodule.name,
+        "fingerprint": datamodule.fingerprint,
+        "command": command_line(),
     }
     scratch = cv_dir / f".{PLAN}.{os.getpid()}"
     write_json(scratch, plan)
-    os.replace(scratch, cv_dir / PLAN)  # written last: a plan file means folds.csv and manifests/ are complete
+    os.replace(scratch, cv_dir / PLAN)  # written last: a plan means folds.csv and manifests/ are complete
     log.info("%d folds of %d images in %d groups (%s): %s", cfg.folds, len(samples), plan["n_groups"],
              plan["split_method"], cv_dir / "folds.csv")
     return plan
 
 
 def split_method(datamodule: Any) -> str:
-    """How the datamodule keeps images together: its own split_method when it has one, else from dedup/groups."""
+    """What the datamodule kept together: its split_method when it has one, else derived from dedup/groups."""
     method = getattr(datamodule, "split_method", None)
     if method:
         return method() if callable(method) else str(method)
     if any(s.group for s in datamodule.samples):
         return "real-group"
     return "exact-dedup" if datamodule.dedup == "exact" else IMAGE_LEVEL
-
-
-def finished_fold(cv_dir: Path, fold: int) -> Path | None:
-    """The run dir of a fold whose predictions are written (fold_<i>, or fold_<i>-retry<k> after a killed try)."""
-    tries = [cv_dir / f"fold_{fold}", *sorted(cv_dir.glob(f"fold_{fold}-retry*"))]
-    return next((d for d in tries if (d / PREDICTIONS).is_file()), None)
 
 
 def run_fold(cv_dir: Path, fold: int, overrides: Sequence[str]) -> Path:
@@ -161,7 +168,10 @@ def run_fold(cv_dir: Path, fold: int, overrides: Sequence[str]) -> Path:
         retry += 1
         fold_dir = cv_dir / f"fold_{fold}-retry{retry}"
     fold_dir.mkdir(parents=True)
-    overrides = [*overrides, f"dataset.split_manifest={hydra_value(str(cv_dir / 'manifests' / f'fold_{fold}.csv'))}"]
+    overrides = [
+        *overrides,
+        f"dataset.split_manifest={hydra_value(str(cv_dir / 'manifests' / f'fold_{fold}.csv'))}",
+    ]
     cfg = compose_cv([*overrides, f"paths.output_dir={hydra_value(str(fold_dir))}"])
     if cfg.logger and cfg.logger.get("wandb"):  # one W&B run per fold, grouped by CV dir
         overrides += [f"logger.wandb.group={hydra_value(cv_dir.name)}", f"logger.wandb.name=fold-{fold}"]
@@ -170,10 +180,14 @@ def run_fold(cv_dir: Path, fold: int, overrides: Sequence[str]) -> Path:
     if on_one_device(cfg):
         summary = train(cfg)
     else:  # DDP needs a process of its own
-        summary = train_in_subprocess([o for o in overrides if override_key(o).split(".")[0] not in CV_KEYS], fold_dir)
+        summary = train_in_subprocess(
+            [o for o in overrides if override_key(o).split(".")[0] not in CV_KEYS], fold_dir
+        )
     checkpoint = summary["checkpoints"]["best"] or summary["checkpoints"]["last"]
     if not checkpoint:
-        raise ConfigError("callbacks.model_checkpoint: cross-validation predicts with the best checkpoint; keep it")
+        raise ConfigError(
+            "callbacks.model_checkpoint: cross-validation predicts with the best checkpoint; keep it"
+        )
     write_fold_predictions(cfg, checkpoint, fold_dir / PREDICTIONS)
     return fold_dir
 
@@ -189,38 +203,10 @@ def write_fold_predictions(cfg: DictConfig, checkpoint: str, path: Path) -> None
     datamodule.setup()
     logits, targets = predict_logits(model, datamodule.loader("test"), pick_device(cfg.trainer.accelerator))
     scratch = path.with_name(f".{path.name}.{os.getpid()}")
-    write_predictions(scratch, datamodule.split_samples("test"), ["test"], logits, targets, datamodule.class_names, None)
+    write_predictions(
+        scratch, datamodule.split_samples("test"), ["test"], logits, targets, datamodule.class_names, None
+    )
     os.replace(scratch, path)  # a predictions file means the fold is finished
-
-
-def aggregate(cv_dir: Path, run_dirs: Sequence[Path], cv: DictConfig) -> dict[str, Any]:
-    """cv.json and cv_report.md in cv_dir: per-fold, mean ± std and pooled metrics of every run dir."""
-    runs = [cv_results(run_dir, cv) for run_dir in run_dirs]
-    for run in runs[1:]:
-        if run["class_names"] != runs[0]["class_names"]:
-            raise ConfigError(f"cv.compare: {run['dir']} has classes {run['class_names']}, this CV "
-                              f"{runs[0]['class_names']}; compare CV runs of one task and dataset")
-    result = {**runs[0], "compare": runs[1:]}
-    write_json(cv_dir / "cv.json", result)
-    write_cv_report(cv_dir / "cv_report.md", runs)
-    for run in runs:
-        log.info("%s: macro-F1 %.3f ± %.3f over folds, pooled %s", run["split_method"], run["mean"]["macro_f1"],
-                 run["std"]["macro_f1"], run["pooled"]["macro_f1"])
-    log.info("CV report: %s", cv_dir / "cv_report.md")
-    return result
-
-
-def cv_results(cv_dir: Path, cv: DictConfig) -> dict[str, Any]:
-    """A finished CV dir's plan and its metrics, from the predictions of its folds."""
-    plan = json.loads((cv_dir / PLAN).read_text())
-    fold_of = read_folds(cv_dir / "folds.csv")
-    predictions = [read_predictions(finished_fold(cv_dir, fold) / PREDICTIONS, plan["class_names"])
-                   for fold in range(plan["folds"])]
-    for fold, (_, targets) in enumerate(predictions):
-        if len(targets) != fold_of.count(fold):
-            raise ValueError(f"{cv_dir}: fold {fold} predicted {len(targets)} images, folds.csv holds {fold_of.count(fold)}")
-    metrics = summarize_cv(predictions, plan["class_names"], plan["positive_classes"], cv.n_boot, cv.ci, cv.seed)
-    return {"dir": str(cv_dir), **plan, **plan["settings"], "ci_level": cv.ci, "n_boot": cv.n_boot, **metrics}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -65,23 +65,35 @@ def test_a_fold_split_tests_its_fold_and_carves_a_grouped_val() -> None:
 
 
 def test_too_many_folds_for_the_groups_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"folds: 5 folds need at least 5 independent images/groups, the data has 3"):
+    with pytest.raises(
+        ValueError, match=r"folds: 5 folds need at least 5 independent images/groups, the data has 3"
+    ):
         assign_folds(["a", "a", "b", "b"], ["g0", "g0", "g1", "g2"], 5, seed=0)
 
 
 def test_duplicates_and_the_group_column_stay_in_one_fold(image_folder: Path, tmp_path: Path) -> None:
     """Through the datamodule: a byte-identical copy and the manifest's groups share the fold of their group."""
     shutil.copy(image_folder / "Pre" / "pre_0003.jpg", image_folder / "Pre" / "pre_copy.jpg")
-    rows = [(p.relative_to(image_folder).as_posix(), p.parent.name) for p in sorted(image_folder.glob("*/*.jpg"))]
+    rows = [
+        (p.relative_to(image_folder).as_posix(), p.parent.name) for p in sorted(image_folder.glob("*/*.jpg"))
+    ]
     manifest = tmp_path / "labels.csv"
     with manifest.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "group"])
         writer.writerows([path, label, f"{label}-slide{i // 3}"] for i, (path, label) in enumerate(rows))
-    overrides = [*(o for o in tiny_overrides(tmp_path) if not o.startswith("dataset")), "dataset=manifest",
-                 f"dataset.root={image_folder}", f"dataset.manifest={manifest}"]
+    overrides = [
+        *(o for o in tiny_overrides(tmp_path) if not o.startswith("dataset")),
+        "dataset=manifest",
+        f"dataset.root={image_folder}",
+        f"dataset.manifest={manifest}",
+    ]
     plan = ensure_plan(tmp_path / "cv", compose_cv([*overrides, "folds=3"]), image_level=False)
-    assert plan["split_method"] == "real-group" and plan["n_images"] == len(rows) and sum(plan["fold_sizes"]) == len(rows)
+    assert (
+        plan["split_method"] == "real-group"
+        and plan["n_images"] == len(rows)
+        and sum(plan["fold_sizes"]) == len(rows)
+    )
     with (tmp_path / "cv" / "folds.csv").open(newline="") as handle:
         table = list(csv.DictReader(handle))
     fold_of = {row["path"]: row["fold"] for row in table}
@@ -107,7 +119,9 @@ def cv_args(synthetic_cache: Path, cv_dir: Path, *args: str) -> list[str]:
 def cli_cv(synthetic_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The README's command on tiny data, with the image-level comparison: the CV dir it wrote."""
     cv_dir = tmp_path_factory.mktemp("cli") / "cv"
-    result = run_cli(["bcd.cv", *cv_args(synthetic_cache, cv_dir, "cv.compare_image_level=true")], cwd=cv_dir.parent)
+    result = run_cli(
+        ["bcd.cv", *cv_args(synthetic_cache, cv_dir, "cv.compare_image_level=true")], cwd=cv_dir.parent
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return cv_dir
 
@@ -144,15 +158,21 @@ def test_aggregate_is_the_mean_of_the_folds_and_pooled_is_the_concatenation(cli_
         values = [m[key] for m in per_fold]
         assert result["mean"][key] == pytest.approx(np.mean(values))
         assert result["std"][key] == pytest.approx(np.std(values, ddof=1))
-    pooled = point_metrics(np.concatenate([p for p, _ in predictions]), np.concatenate([t for _, t in predictions]),
-                           CLASSES, [1, 2, 3])
+    pooled = point_metrics(
+        np.concatenate([p for p, _ in predictions]),
+        np.concatenate([t for _, t in predictions]),
+        CLASSES,
+        [1, 2, 3],
+    )
     for key in ("acc", "macro_f1", "auroc", "sensitivity"):
         assert result["pooled"][key]["value"] == pytest.approx(pooled[key])
         assert result["pooled"][key]["low"] <= pooled[key] <= result["pooled"][key]["high"]
 
 
 @pytest.mark.slow
-def test_folds_run_separately_aggregate_to_the_same_result(cli_cv: Path, synthetic_cache: Path, tmp_path: Path) -> None:
+def test_folds_run_separately_aggregate_to_the_same_result(
+    cli_cv: Path, synthetic_cache: Path, tmp_path: Path
+) -> None:
     cv_dir = tmp_path / "cv"
     assert run_cv(cv_args(synthetic_cache, cv_dir, "cv.fold=1")) is None  # e.g. on another machine
     assert not (cv_dir / "cv.json").exists()
@@ -173,7 +193,10 @@ def test_folds_run_separately_aggregate_to_the_same_result(cli_cv: Path, synthet
     [
         (["folds=1"], r"folds: 1 must be an integer >= 2, e.g. folds=5"),
         (["folds=3", "cv.fold=3"], r"cv.fold: 3 is not a fold of folds=3; choose 0..2"),
-        (["cv.aggregate=true", "cv.dir=null"], r"cv.aggregate=true aggregates the finished folds of an existing CV dir"),
+        (
+            ["cv.aggregate=true", "cv.dir=null"],
+            r"cv.aggregate=true aggregates the finished folds of an existing CV dir",
+        ),
         (["cv.aggregate=true"], r"cv.dir: .* is not a CV dir \(no cv_plan.json\)"),
         (["cv.compare=[/nonexistent/cv]"], r"cv.compare: /nonexistent/cv is not a CV dir"),
     ],

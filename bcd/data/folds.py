@@ -22,28 +22,39 @@ def assign_folds(labels: Sequence[str], groups: Sequence[str], n_folds: int, see
     n_groups = len(set(groups))
     if n_groups < n_folds:
         raise DatasetError(
-            f"folds: {n_folds} folds need at least {n_folds} independent images/groups, the data has {n_groups}; "
-            f"choose folds<={n_groups} or add images"
+            f"folds: {n_folds} folds need at least {n_folds} independent images/groups, the data has "
+            f"{n_groups}; choose folds<={n_groups} or add images"
         )
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     folds = np.full(len(labels), -1, dtype=int)
-    for fold, (_, held) in enumerate(splitter.split(np.zeros(len(labels)), np.asarray(labels), np.asarray(groups))):
+    for fold, (_, held) in enumerate(
+        splitter.split(np.zeros(len(labels)), np.asarray(labels), np.asarray(groups))
+    ):
         folds[held] = fold
     return folds
 
 
 def fold_split(
-    samples: Sequence[Sample], folds: Sequence[int], fold: int, val_fraction: float, seed: int, groups: Sequence[str]
+    samples: Sequence[Sample],
+    folds: Sequence[int],
+    fold: int,
+    val_fraction: float,
+    seed: int,
+    groups: Sequence[str],
 ) -> list[Sample]:
     """The samples with `fold` as test and the other folds as train, a grouped val carved out of train."""
     preset = [replace(s, split="test" if f == fold else "train") for s, f in zip(samples, folds, strict=True)]
     return assign_splits(preset, val_fraction, 0.0, seed, groups=groups)
 
 
-def write_folds(path: Path, samples: Sequence[Sample], folds: Sequence[int], groups: Sequence[str], root: Path) -> None:
-    """folds.csv: the split manifest's columns (group = the fold's group id, split empty) and every sample's fold."""
+def write_folds(
+    path: Path, samples: Sequence[Sample], folds: Sequence[int], groups: Sequence[str], root: Path
+) -> None:
+    """folds.csv: the split manifest's columns (group: the group id the folds kept whole) and a fold column."""
     scratch = _scratch(path)
-    write_manifest(scratch, [replace(s, group=g, split=None) for s, g in zip(samples, groups, strict=True)], root)
+    write_manifest(
+        scratch, [replace(s, group=g, split=None) for s, g in zip(samples, groups, strict=True)], root
+    )
     with scratch.open(newline="") as handle:
         header, *rows = list(csv.reader(handle))
     with scratch.open("w", newline="") as handle:

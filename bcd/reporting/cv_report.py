@@ -14,12 +14,18 @@ import numpy as np
 from bcd.reporting import stats
 from bcd.reporting.report import HEADLINE
 
-FOLD_COLUMNS = [("acc", "Accuracy"), ("balanced_acc", "Balanced acc."), ("macro_f1", "Macro F1"),
-                ("auroc", "AUROC"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity")]
+FOLD_COLUMNS = [
+    ("acc", "Accuracy"),
+    ("balanced_acc", "Balanced acc."),
+    ("macro_f1", "Macro F1"),
+    ("auroc", "AUROC"),
+    ("sensitivity", "Sensitivity"),
+    ("specificity", "Specificity"),
+]
 
 
 def read_predictions(path: Path, class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities (N, C) and targets (N,) from a predictions.csv (bcd.reporting.report.write_predictions)."""
+    """Class probabilities (N, C) and targets (N,) from a predictions.csv (as report.write_predictions writes)."""
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     probs = np.array([[float(row[f"prob_{name}"]) for name in class_names] for row in rows], dtype=np.float64)
@@ -37,7 +43,10 @@ def summarize_cv(
 ) -> dict[str, Any]:
     """Metrics of every fold's held-out images, their mean and std (ddof=1) over folds, and the metrics of all
     out-of-fold predictions pooled, with percentile-bootstrap CIs (images resampled)."""
-    per_fold = [stats.point_metrics(probs, targets, class_names, positive_classes) for probs, targets in fold_predictions]
+    per_fold = [
+        stats.point_metrics(probs, targets, class_names, positive_classes)
+        for probs, targets in fold_predictions
+    ]
     keys = list(per_fold[0])
     values = {key: np.array([metrics[key] for metrics in per_fold], dtype=np.float64) for key in keys}
     probs = np.concatenate([p for p, _ in fold_predictions])
@@ -45,8 +54,10 @@ def summarize_cv(
     pooled = stats.bootstrap(probs, targets, class_names, positive_classes, n_boot=n_boot, ci=ci, seed=seed)
     return {
         "n_images": len(targets),
-        "per_fold": [{"fold": i, "n_images": len(t), "metrics": m}
-                     for i, ((_, t), m) in enumerate(zip(fold_predictions, per_fold, strict=True))],
+        "per_fold": [
+            {"fold": i, "n_images": len(t), "metrics": m}
+            for i, ((_, t), m) in enumerate(zip(fold_predictions, per_fold, strict=True))
+        ],
         "mean": {key: _nan_stat(np.nanmean, v) for key, v in values.items()},
         "std": {key: _nan_stat(np.nanstd, v, ddof=1) for key, v in values.items()},
         "pooled": {key: estimate.as_dict() for key, estimate in pooled.items()},
@@ -55,7 +66,7 @@ def summarize_cv(
 
 
 def _nan_stat(reduce: Any, values: np.ndarray, **kwargs: Any) -> float:
-    """reduce over the non-NaN values (NaN when fewer than two, or none, are left), without numpy's warning."""
+    """reduce over the non-NaN values (NaN when too few are left), without numpy's warning."""
     finite = values[~np.isnan(values)]
     needed = 1 + kwargs.get("ddof", 0)
     return float(reduce(finite, **kwargs)) if len(finite) >= needed else math.nan
@@ -72,7 +83,8 @@ def write_cv_report(path: Path, runs: Sequence[Mapping[str, Any]]) -> None:
         f"- CV dir: `{first['dir']}`",
         f"- Command: `{first['command']}`",
         f"- Model: {first['model']}, task {first['task']}; dataset {first['dataset']} "
-        f"(fingerprint `{first['fingerprint']}`), {first['n_images']} images, classes {', '.join(first['class_names'])}",
+        f"(fingerprint `{first['fingerprint']}`), {first['n_images']} images, "
+        f"classes {', '.join(first['class_names'])}",
         "- Folds: stratified group k-fold (scikit-learn StratifiedGroupKFold, seed "
         f"{first['seed']}); every group of images sits in one fold. Each fold trains on the other folds "
         "(a grouped val carved out of them picks the checkpoint) and is tested once.",
@@ -81,15 +93,29 @@ def write_cv_report(path: Path, runs: Sequence[Mapping[str, Any]]) -> None:
         "",
         "## Mean ± std over folds",
         "",
-        *_table(["split", "folds", "images", "groups", *(label for _, label in headline)],
-                [[r["split_method"], r["folds"], r["n_images"], r["n_groups"],
-                  *(_mean_std(r, key) for key, _ in headline)] for r in runs]),
+        *_table(
+            ["split", "folds", "images", "groups", *(label for _, label in headline)],
+            [
+                [
+                    r["split_method"],
+                    r["folds"],
+                    r["n_images"],
+                    r["n_groups"],
+                    *(_mean_std(r, key) for key, _ in headline),
+                ]
+                for r in runs
+            ],
+        ),
         "",
         f"## Pooled out-of-fold metrics ({level} CI)",
         "",
-        *_table(["split", *(label for _, label in headline)],
-                [[r["split_method"], *(stats.Estimate(**r["pooled"][key]).format() for key, _ in headline)]
-                 for r in runs]),
+        *_table(
+            ["split", *(label for _, label in headline)],
+            [
+                [r["split_method"], *(stats.Estimate(**r["pooled"][key]).format() for key, _ in headline)]
+                for r in runs
+            ],
+        ),
     ]
     for run in runs:
         lines += ["", f"## Folds: {run['split_method']} (`{run['dir']}`)", "", *_fold_table(run)]
@@ -108,8 +134,10 @@ def _mean_std(run: Mapping[str, Any], key: str, digits: int = 3) -> str:
 def _fold_table(run: Mapping[str, Any]) -> list[str]:
     """One row per fold: its held-out images and their metrics."""
     columns = [(key, label) for key, label in FOLD_COLUMNS if key in run["mean"]]
-    rows = [[fold["fold"], fold["n_images"], *(_number(fold["metrics"][key]) for key, _ in columns)]
-            for fold in run["per_fold"]]
+    rows = [
+        [fold["fold"], fold["n_images"], *(_number(fold["metrics"][key]) for key, _ in columns)]
+        for fold in run["per_fold"]
+    ]
     rows.append(["mean ± std", run["n_images"], *(_mean_std(run, key) for key, _ in columns)])
     return _table(["fold", "test images", *(label for _, label in columns)], rows)
 
@@ -119,8 +147,17 @@ def _per_class_table(run: Mapping[str, Any]) -> list[str]:
     pooled = run["pooled"]
     return _table(
         ["class", "precision", "recall", "F1", "images"],
-        [[name, *(stats.Estimate(**pooled[f"{metric}/{name}"]).format() for metric in ("precision", "recall", "f1")),
-          int(pooled[f"support/{name}"]["value"])] for name in run["class_names"]],
+        [
+            [
+                name,
+                *(
+                    stats.Estimate(**pooled[f"{metric}/{name}"]).format()
+                    for metric in ("precision", "recall", "f1")
+                ),
+                int(pooled[f"support/{name}"]["value"]),
+            ]
+            for name in run["class_names"]
+        ],
     )
 
 
