@@ -19,7 +19,9 @@ from bcd.models.classifier import load_classifier
 from bcd.models.inference import pick_device, predict_logits
 from bcd.reporting import stats
 from bcd.reporting.figures import write_figures
+from bcd.reporting.plots import plot_shift_curves
 from bcd.reporting.report import write_model_card, write_predictions, write_report
+from bcd.reporting.robustness import evaluate_shifts
 from bcd.reporting.trained_run import TrainedRun, evaluation_dataset_config
 from bcd.reporting.wandb_log import log_evaluation
 from bcd.utils.run import ensure_new_run_dir, write_json
@@ -57,6 +59,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         stats.softmax_with_temperature(logits), targets, datamodule.class_names, positive,
         n_boot=cfg.n_boot, ci=cfg.ci, seed=cfg.seed,
     )
+    if cfg.shift.kinds:
+        result_shift = evaluate_shifts(
+            model, [sample.path for sample in samples], targets, datamodule.img_size, cfg.shift, estimates,
+            loader_options={"batch_size": cfg.batch_size, "num_workers": datamodule.num_workers}, device=device,
+            bootstrap_options={"class_names": datamodule.class_names, "positive_classes": positive,
+                               "n_boot": cfg.n_boot, "ci": cfg.ci, "seed": cfg.seed},
+        )
+    else:
+        result_shift = None
     temperature = stats.fit_temperature(*predicted["val"]) if "val" in predicted else None
     calibration = stats.calibration_report(logits, targets, temperature, cfg.calibration_bins)
     result = {
@@ -69,6 +80,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "n_boot": cfg.n_boot,
         "metrics": {name: estimate.as_dict() for name, estimate in estimates.items()},
         "calibration": {k: v for k, v in calibration.items() if k != "curves"},
+        **({"robust_acc": result_shift.get("robust_acc"), "shift": result_shift} if result_shift else {}),
         "confusion_matrix": stats.confusion_matrix(logits.argmax(1), targets, len(datamodule.class_names)).tolist(),
     }
     write_json(out / "metrics.json", result)
@@ -80,6 +92,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         run.save_calibration(fitted)
     write_predictions(out / "predictions.csv", samples, splits, logits, targets, datamodule.class_names, temperature)
     figures = write_figures(out, logits, targets, datamodule.class_names, calibration["curves"], run.metrics_csv)
+    if result_shift:
+        figures["colour_shift"] = plot_shift_curves(result_shift["rows"], out / "colour_shift.png")
     write_report(out / "report.md", result, estimates, figures, run, datamodule)
     write_model_card(out / "MODEL_CARD.md", result, estimates, run, datamodule)
     if cfg.wandb:

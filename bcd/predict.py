@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from bcd.data.colour_range import colour_statistics, out_of_range
 from bcd.data.dataset import resize_square
 from bcd.data.decode import IMAGE_EXTENSIONS, UnreadableImageError, read_rgb
 from bcd.data.sources import list_images
@@ -130,6 +131,7 @@ class Predictor:
     temperature: float | None
     ood_threshold: float | None
     abstain_below: float
+    colour_range: dict[str, list[float]] = field(default_factory=dict)
     gradcam_dir: Path | None = None
     sheet: list[tuple[np.ndarray, str]] = field(default_factory=list)
 
@@ -146,6 +148,7 @@ class Predictor:
             probs, energy = score(self.runner, batch, self.tta, self.temperature)
             for k, i in enumerate(images):
                 rows[i] = self.prediction_row(paths[i], probs[k], energy[k])
+                rows[i]["colour_warning"] = "; ".join(out_of_range(colour_statistics(images[i]), self.colour_range))
             if self.gradcam_dir is not None:
                 names = [f"{first_index + i:0{index_width}d}_{paths[i].stem}.png" for i in images]
                 self.explain(batch, list(images.values()), [rows[i] for i in images], names)
@@ -180,7 +183,7 @@ class Predictor:
 def write_rows(path: Path, rows: list[dict[str, Any]], class_names: list[str], with_gradcam: bool) -> None:
     """predictions.csv: one row per input, empty cells where a value does not apply."""
     columns = ["path", "predicted_label", "confidence", *(f"prob_{c}" for c in class_names), "ood_score", "ood",
-               "abstain", "error", *(["gradcam"] if with_gradcam else [])]
+               "abstain", "colour_warning", "error", *(["gradcam"] if with_gradcam else [])]
     with path.open("x", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
@@ -201,12 +204,23 @@ def prediction_summary(rows: list[dict[str, Any]], class_names: list[str], check
         "abstained": sum(row["abstain"] for row in predicted),
         "out_of_distribution": None if ood_threshold is None else sum(row["ood"] for row in predicted),
         "errors": len(rows) - len(predicted),
+        "colour_out_of_range": sum(bool(row["colour_warning"]) for row in predicted),
         "temperature": calibration.get("temperature"),
         "calibration": str(calibration_file) if calibration_file else None,
         "ood_threshold": ood_threshold,
         "abstain_below": cfg.abstain_below,
         "tta": cfg.tta,
     }
+
+
+def warn_colour_range(rows: list[dict[str, Any]], shown: int = 5) -> None:
+    """Log the images whose colour statistics lie outside what the model was trained on (a few, then a count)."""
+    flagged = [row for row in rows if row.get("colour_warning")]
+    for row in flagged[:shown]:
+        log.warning("colour out of the training range: %s: %s; the prediction may not be reliable (another stain, "
+                    "white balance or exposure?)", row["path"], row["colour_warning"])
+    if len(flagged) > shown:
+        log.warning("%d images in all have colours outside the training range (colour_warning column)", len(flagged))
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
@@ -227,8 +241,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         runner=runner, model=model.eval().to(device), device=device,
         img_size=run.img_size(model.hparams["model"]), max_pixels=cfg.max_pixels, tta=cfg.tta,
         temperature=calibration.get("temperature"), ood_threshold=ood_threshold, abstain_below=cfg.abstain_below,
-        gradcam_dir=out / "gradcam" if cfg.gradcam else None,
+        colour_range=model.colour_range, gradcam_dir=out / "gradcam" if cfg.gradcam else None,
     )
+    if not model.colour_range:
+        log.info("the checkpoint records no training colour range: inputs' colours are not checked")
     index_width = len(str(len(paths) - 1))
     rows = [row for start in range(0, len(paths), cfg.batch_size)
             for row in predictor.predict_batch(paths[start : start + cfg.batch_size], start, index_width)]
@@ -241,6 +257,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         first = next(row for row in rows if row.get("error"))
         log.warning("%d of %d images could not be read and have no prediction (error column of %s), e.g. %s: %s",
                     summary["errors"], len(rows), out / "predictions.csv", first["path"], first["error"])
+    warn_colour_range(rows)
     write_json(out / "predict.json", summary)
     log.info("predicted: %s; %d abstained, %d unreadable", summary["predicted"], summary["abstained"],
              summary["errors"])

@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
+from bcd.data.colour_range import colour_range
 from bcd.models.backbone import input_size
 from bcd.models.classifier import Classifier, load_classifier
 from bcd.utils.config import check_config, instantiate_dict, to_plain
@@ -61,6 +62,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         scheduler=to_plain(cfg.scheduler) or None,
         class_weights=datamodule.class_weights,
         normalize=cfg.augmentation.normalize,
+        colour_norm=to_plain(cfg.colour_norm),
+        colour_range=colour_range([s.path for s in datamodule.split_samples("train")], max_pixels=datamodule.max_pixels),
     )
     loggers = instantiate_dict(cfg.logger)
     callbacks = instantiate_dict(cfg.callbacks)

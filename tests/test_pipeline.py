@@ -114,7 +114,7 @@ def test_image_cache_gives_identical_batches(image_folder: Path) -> None:
         assert torch.equal(cached, decoded)
 
 
-@pytest.mark.parametrize("preset", ["none", "paper", "default", "strong"])
+@pytest.mark.parametrize("preset", ["none", "paper", "default", "stain", "strong"])
 def test_augmentation_presets_run(preset: str, synthetic_cache: Path, synthetic_root: Path) -> None:
     cfg = compose_train([*tiny_overrides(synthetic_cache), f"augmentation={preset}"])
     transforms = [instantiate(t) for t in cfg.augmentation.train.values() if t is not None]

@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from bcd.metrics import ClassificationMetrics
 from bcd.models.backbone import backbone_data_config, build_network, set_backbone_frozen
+from bcd.models.colour_norm import build_colour_norm
 from bcd.models.schedulers import training_steps
 
 
@@ -35,6 +36,8 @@ class Classifier(L.LightningModule):
         scheduler: dict[str, Any] | None = None,
         class_weights: Sequence[float] | None = None,
         normalize: str = "model",
+        colour_norm: dict[str, Any] | None = None,
+        colour_range: dict[str, list[float]] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -52,6 +55,10 @@ class Classifier(L.LightningModule):
             pretrained=model.get("pretrained", False),
             weights_path=model.get("weights_path"),
         )
+        # colour normalisation first, in 0..255, so that it is part of every forward (train, eval, ONNX)
+        self.colour_norm = build_colour_norm(**(colour_norm or {}))
+        # the range of per-image colour statistics seen in training, for bcd.predict's out-of-range warning
+        self.colour_range = colour_range or {}
         self.freeze_backbone_epochs = int(model.get("freeze_backbone_epochs", 0))
         self.channels_last = bool(model.get("channels_last", True))
         if self.channels_last:
@@ -71,7 +78,7 @@ class Classifier(L.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of uint8 (or 0..255 float) NCHW images."""
-        x = (images.float() - self.pixel_mean) / self.pixel_std
+        x = (self.colour_norm(images.float()) - self.pixel_mean) / self.pixel_std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)

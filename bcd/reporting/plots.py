@@ -412,3 +412,22 @@ def plot_training_curves(metrics_csv: Path, path: Path) -> Path | None:
         fig.suptitle("Training curves", fontsize=13, fontweight="bold")
         fig.tight_layout()
     return Path(path)
+
+
+def plot_shift_curves(rows: Sequence[dict], path: Path) -> Path:
+    """Accuracy and macro-F1 against shift strength, one line per shift kind, with the CI as a band."""
+    kinds = list(dict.fromkeys(row["kind"] for row in rows))
+    with saved_figure(path, ncols=2, figsize=(10, 4)) as (fig, axes):
+        for ax, metric, label in zip(axes, ("acc", "macro_f1"), ("accuracy", "macro-F1"), strict=True):
+            for i, kind in enumerate(kinds):
+                points = sorted((r["strength"], r[metric]) for r in rows if r["kind"] == kind)
+                x = [100 * s for s, _ in points]
+                ax.plot(x, [e["value"] for _, e in points], marker="o", color=series_colour(i), label=kind)
+                ax.fill_between(x, [e["low"] for _, e in points], [e["high"] for _, e in points],
+                                color=series_colour(i), alpha=0.15)
+            ax.set_xlabel("shift strength s (%)")
+            ax.set_ylabel(label)
+            ax.set_ylim(0, 1.02)
+            ax.set_title(f"{label} under colour shifts")
+            ax.legend(loc="lower left")
+    return path

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from bcd.data.sources import Sample
+from bcd.reporting.robustness import format_estimate, shift_table
 from bcd.reporting.stats import Estimate, softmax_with_temperature
 from bcd.reporting.trained_run import TrainedRun
 
@@ -97,6 +98,29 @@ def _data_lines(result: Mapping[str, Any], run: TrainedRun, datamodule: Any) -> 
     ]
 
 
+def _shift_lines(result: Mapping[str, Any]) -> list[str]:
+    """The colour-shift table, or nothing when the evaluation ran with shift=none."""
+    shift = result.get("shift")
+    if not shift:
+        return []
+    lines = [
+        "## Colour shifts (stain-shortcut check)",
+        "",
+        "The same images re-evaluated with their colours shifted as another lab's stain or camera would shift "
+        "them (channel_gain: each of R, G, B times U[1-s, 1+s]; brightness: all channels times one factor; "
+        f"hed: stain amounts jittered in haematoxylin-eosin-DAB space); seeded (seed {shift['seed']}), so every "
+        "model sees the same shifted images. A large drop means the model reads the stain, not the cell.",
+        "",
+        *_table(["shift", "strength", "accuracy", "macro-F1"], shift_table(shift)),
+        "",
+    ]
+    robust = result.get("robust_acc")
+    if robust:
+        lines += [f"**robust_acc** (accuracy under {robust['kind']} ±{robust['strength']:.0%}): "
+                  f"{format_estimate(robust)}", ""]
+    return lines
+
+
 def write_report(
     path: Path,
     result: Mapping[str, Any],
@@ -133,6 +157,7 @@ def write_report(
         "",
         *_table(["", "ECE", "Brier"], _calibration_rows(calibration)),
         "",
+        *_shift_lines(result),
         "## Data",
         "",
         *_data_lines(result, run, datamodule),
@@ -185,6 +210,7 @@ def write_model_card(
            if calibration.get("after") else "")
         + ".",
         "",
+        *_shift_lines(result),
         "## Known limitations",
         "",
         "- The split is image-level: the public Taleqani release has no patient IDs, so images of one patient "

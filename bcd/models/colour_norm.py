@@ -1,0 +1,101 @@
+"""Colour normalisation at the model's input: per-image white balance (gray-world, white-patch, quantile
+balance) and Reinhard's Lab statistics matching.
+
+These are torch modules inside the Classifier, in front of the mean/std normalisation, so training,
+evaluation, prediction and the exported ONNX model apply exactly the same normalisation (they all call
+the model's forward). Each works on float N x 3 x H x W images in 0..255 and returns the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+COLOUR_NORMS = ("none", "gray_world", "white_patch", "quantile_balance", "reinhard")
+
+# sRGB (D65) <-> CIE XYZ, and the D65 white point: the standard constants of every Lab conversion
+_XYZ_FROM_RGB = [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
+_D65_WHITE = [0.950456, 1.0, 1.088754]
+
+
+class ChannelBalance(nn.Module):
+    """Scale each channel so that a per-image statistic of it becomes `target`.
+
+    A per-channel gain g_c multiplies the statistic by g_c too, so it cancels, up to pixels the gain pushed
+    past 255. The statistic is the channel mean (gray-world) or a quantile: a high one is the white patch
+    (the bright background), a low one sits in the stained cells, which a moderate gain never saturates.
+    """
+
+    def __init__(self, quantile: float | None = None, target: float = 128.0) -> None:
+        super().__init__()
+        if quantile is not None and not 0.0 <= quantile <= 1.0:
+            raise ValueError(f"colour_norm.quantile: {quantile} must be in [0, 1], or null for the mean")
+        self.quantile = quantile
+        self.target = target
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Balanced images."""
+        pixels = images.flatten(2)
+        if self.quantile is None:
+            statistic = pixels.mean(dim=2)
+        else:
+            # a sort, not torch.quantile: it exports to ONNX (TopK) and the rank is fixed by the input size
+            rank = round(self.quantile * (pixels.shape[2] - 1))
+            statistic = pixels.sort(dim=2).values[:, :, rank]
+        scale = self.target / statistic.clamp_min(1.0)
+        return images * scale[:, :, None, None]
+
+
+def rgb_to_lab(images: torch.Tensor) -> torch.Tensor:
+    """CIE L*a*b* (D65) of sRGB images in 0..255 (N x 3 x H x W)."""
+    srgb = (images / 255.0).clamp(0.0, 1.0)
+    linear = torch.where(srgb > 0.04045, ((srgb + 0.055) / 1.055) ** 2.4, srgb / 12.92)
+    matrix = linear.new_tensor(_XYZ_FROM_RGB)
+    white = linear.new_tensor(_D65_WHITE).view(1, 3, 1)
+    xyz = torch.matmul(matrix, linear.flatten(2)) / white
+    f = torch.where(xyz > 0.008856, xyz.clamp_min(0.008856) ** (1.0 / 3.0), 7.787 * xyz + 16.0 / 116.0)
+    lab = torch.stack([116.0 * f[:, 1] - 16.0, 500.0 * (f[:, 0] - f[:, 1]), 200.0 * (f[:, 1] - f[:, 2])], dim=1)
+    return lab.view_as(images)
+
+
+def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """sRGB in 0..255 of CIE L*a*b* (D65) images (N x 3 x H x W); out-of-gamut values are clipped."""
+    flat = lab.flatten(2)
+    fy = (flat[:, 0] + 16.0) / 116.0
+    f = torch.stack([fy + flat[:, 1] / 500.0, fy, fy - flat[:, 2] / 200.0], dim=1)
+    xyz = torch.where(f > 0.206893, f**3, (f - 16.0 / 116.0) / 7.787) * flat.new_tensor(_D65_WHITE).view(1, 3, 1)
+    linear = torch.matmul(torch.linalg.inv(flat.new_tensor(_XYZ_FROM_RGB)), xyz).clamp(0.0, 1.0)
+    srgb = torch.where(linear > 0.0031308, 1.055 * linear.clamp_min(0.0031308) ** (1.0 / 2.4) - 0.055, 12.92 * linear)
+    return (srgb * 255.0).view_as(lab)
+
+
+class Reinhard(nn.Module):
+    """Reinhard et al.'s colour transfer: match each image's Lab mean and std to a reference's."""
+
+    def __init__(self, reference_mean: Sequence[float], reference_std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("reference_mean", torch.tensor(reference_mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("reference_std", torch.tensor(reference_std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Images with the reference's Lab statistics."""
+        lab = rgb_to_lab(images)
+        mean = lab.mean(dim=(2, 3), keepdim=True)
+        std = lab.std(dim=(2, 3), keepdim=True).clamp_min(1e-3)
+        return lab_to_rgb((lab - mean) / std * self.reference_std + self.reference_mean)
+
+
+def build_colour_norm(name: str = "none", **options: Any) -> nn.Module:
+    """The colour normalisation named by the colour_norm config (its other keys are the module's arguments)."""
+    if name == "none":
+        return nn.Identity()
+    if name == "gray_world":
+        return ChannelBalance(quantile=None, **options)
+    if name in ("white_patch", "quantile_balance"):
+        return ChannelBalance(**options)
+    if name == "reinhard":
+        return Reinhard(**options)
+    raise ValueError(f"colour_norm.name: {name!r} is not one of {list(COLOUR_NORMS)}")
