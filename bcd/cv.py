@@ -52,23 +52,25 @@ def run_cv(argv: Sequence[str]) -> dict[str, Any] | None:
     new_dir = Path(cfg.paths.log_dir) / cfg.task_name / "runs" / f"{datetime.now():%Y-%m-%d_%H-%M-%S-%f}"
     cv_dir = Path(cfg.cv.dir or new_dir).expanduser().resolve()
     overrides = [*argv, f"cv.dir={hydra_value(str(cv_dir))}"]
-    variants = [(cv_dir, overrides)]
+    variants = [(cv_dir, overrides, False)]  # (CV dir, its overrides, image-level)
     if cfg.cv.compare_image_level:
         no_groups = ["dataset.groups=null"] if "groups" in cfg.dataset else []
-        variants.append((cv_dir / IMAGE_LEVEL, [*overrides, "dataset.dedup=none", *no_groups]))
+        variants.append((cv_dir / IMAGE_LEVEL, [*overrides, "dataset.dedup=none", *no_groups], True))
     compared = [Path(d).expanduser().resolve() for d in cfg.cv.compare]
-    check_request(cfg, cv_dir, [d for d, _ in variants] if cfg.cv.aggregate else [], compared)
+    check_request(cfg, cv_dir, [d for d, _, _ in variants] if cfg.cv.aggregate else [], compared)
     if not cfg.cv.aggregate:
-        for run_dir, run_overrides in variants:
-            plan = ensure_plan(run_dir, compose_cv(run_overrides), image_level=run_dir.name == IMAGE_LEVEL)
+        for run_dir, run_overrides, image_level in variants:
+            plan = ensure_plan(run_dir, compose_cv(run_overrides), image_level)
             for fold in range(plan["folds"]) if cfg.cv.fold is None else [cfg.cv.fold]:
                 if finished_fold(run_dir, fold) is None:
                     run_fold(run_dir, fold, run_overrides)
+                else:
+                    log.info("fold %d of %s is finished already: %s", fold, run_dir, finished_fold(run_dir, fold))
         if cfg.cv.fold is not None:
             log.info("fold %d done; once every fold is: python -m bcd.cv cv.dir=%s cv.aggregate=true",
                      cfg.cv.fold, cv_dir)
             return None
-    return aggregate(cv_dir, [d for d, _ in variants] + compared, cfg.cv)
+    return aggregate(cv_dir, [d for d, _, _ in variants] + compared, cfg.cv)
 
 
 def check_request(
