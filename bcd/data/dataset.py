@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bcd.data.decode import read_rgb
+from bcd.data.decode import read_audited_rgb
 
 # One OpenCV thread: images are processed in parallel by loader workers (torch already gives each worker
 # one intra-op thread). Setting this inside a forked worker instead can deadlock on the parent's pool.
@@ -29,8 +29,8 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_image(path: Path, size: int, max_pixels: int | None) -> np.ndarray:
-    """Decode one file and resize it to the model's input size."""
-    return resize_square(read_rgb(path, max_pixels=max_pixels), size)
+    """Decode one audited file (bcd.data.audit) and resize it to the model's input size."""
+    return resize_square(read_audited_rgb(path, max_pixels=max_pixels), size)
 
 
 def build_cache(paths: Sequence[Path], size: int, max_pixels: int | None, workers: int = 4) -> np.ndarray:

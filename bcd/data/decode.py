@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "UnreadableImageError", "read_rgb"]
+__all__ = ["IMAGE_EXTENSIONS", "UnreadableImageError", "read_audited_rgb", "read_rgb"]
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -23,6 +24,8 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"RIFF", "WEBP"),
 )
 
+# OpenCV >= 4.10 decodes straight to RGB; older versions decode to BGR and convert
+_IMREAD_COLOR_RGB: int | None = getattr(cv2, "IMREAD_COLOR_RGB", None)
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 
@@ -46,6 +49,31 @@ def read_rgb(path: str | Path, max_pixels: int | None = 100_000_000) -> np.ndarr
     # One read into memory: the audit hashes the same bytes, and BytesIO avoids PIL keeping file handles open.
     data = path.read_bytes()
     return decode_bytes(data, path, max_pixels=max_pixels)
+
+
+def read_audited_rgb(path: str | Path, max_pixels: int | None = 100_000_000) -> np.ndarray:
+    """read_rgb for a file the audit has already decoded strictly: the same pixels, about 2x faster for JPEGs."""
+    data = Path(path).read_bytes()
+    image = decode_jpeg_fast(data) if _plain_jpeg(data) else None
+    return image if image is not None else decode_bytes(data, path, max_pixels=max_pixels)
+
+
+def decode_jpeg_fast(data: bytes) -> np.ndarray | None:
+    """Decode a plain JPEG with OpenCV's libjpeg-turbo (pixel-identical to PIL's); None when it cannot."""
+    # Not strict (a truncated JPEG decodes with a grey tail and a warning), hence only for audited files.
+    # OpenCV (already needed by albumentations) decoded 224 px smears ~2x faster than the strict PIL path
+    # (bcd.bench's loader section measures both); simplejpeg would be another dependency for a few % more.
+    buffer = np.frombuffer(data, np.uint8)
+    if _IMREAD_COLOR_RGB is not None:
+        return cv2.imdecode(buffer, _IMREAD_COLOR_RGB)
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _plain_jpeg(data: bytes) -> bool:
+    """A JPEG that OpenCV decodes exactly like read_rgb: no EXIF (orientation) and no Adobe (CMYK) segment."""
+    head = data[:65536]
+    return head.startswith(b"\xff\xd8\xff") and b"Exif\x00\x00" not in head and b"Adobe" not in head
 
 
 def decode_bytes(data: bytes, path: str | Path, max_pixels: int | None = 100_000_000) -> np.ndarray:

@@ -1,0 +1,93 @@
+"""Measure speed side by side in one process: `python -m bcd.bench [model=b0] [dataset.batch_size=32] ...`.
+
+The story: describe the machine; time a plain timm loop, the real bcd.train step, and the plain loop again
+(before and after, so load from other processes hits both alike); time a plain loop the way users run one;
+time the input pipeline; time inference runtimes; check issue 6's targets; write bench.json and bench.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+
+from bcd.bench.inference import inference_section
+from bcd.bench.loading import loader_section
+from bcd.bench.machine import describe_machine
+from bcd.bench.measure import rate_summary
+from bcd.bench.report import targets, write_markdown
+from bcd.bench.training import framework_training, naive_training, raw_training
+from bcd.models.backbone import input_size
+from bcd.utils.allocator import log_allocator, use_fast_allocator
+from bcd.utils.config import check_config, to_plain
+from bcd.utils.run import command_line
+
+log = logging.getLogger(__name__)
+
+
+def bench(cfg: DictConfig) -> dict[str, Any]:
+    """Run every section, write bench.json and bench.md to cfg.paths.output_dir and return the results."""
+    check_config(cfg)
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open_dict(cfg):
+        cfg.model.img_size = input_size(cfg.model)
+    if cfg.bench.threads:
+        torch.set_num_threads(cfg.bench.threads)
+    L.seed_everything(cfg.seed)
+    augment = [instantiate(t) for t in cfg.augmentation.train.values() if t is not None]
+    datamodule = instantiate(cfg.dataset, task=cfg.task.name, img_size=cfg.model.img_size, augment=augment,
+                             seed=cfg.seed)
+    datamodule.prepare()
+    n_classes = len(datamodule.class_names)
+    devices = {"cpu": cfg.trainer.precision, **({"cuda": "bf16-mixed"} if torch.cuda.is_available() else {})}
+    results: dict[str, Any] = {
+        "command": command_line(),
+        "machine": describe_machine(),
+        "settings": {"model": cfg.model.name, "img_size": cfg.model.img_size, "batch_size": cfg.dataset.batch_size,
+                     "dataset": cfg.dataset.name, "num_workers": datamodule.num_workers,
+                     "cache_images": cfg.dataset.cache_images, "precision": devices,
+                     "channels_last": cfg.model.channels_last, "timing": to_plain(cfg.bench.timing)},
+        "training": {}, "inference": {},
+    }
+    for device, precision in devices.items():
+        log.info("training on %s: raw timm loop, bcd.train, raw timm loop again", device)
+        before = raw_training(cfg, n_classes, device, precision)
+        framework = framework_training(cfg, out / f"framework-{device}", device, precision)
+        after = raw_training(cfg, n_classes, device, precision)
+        raw = {**before, **rate_summary(before["repeats"] + after["repeats"])}
+        results["training"][device] = {"raw": raw, "framework": framework}
+    if cfg.bench.naive:
+        log.info("training on cpu: the plain loop as users run it, in its own process")
+        results["training"]["cpu"]["naive"] = naive_training(cfg, n_classes)
+    log.info("input pipeline")
+    results["loader"] = loader_section(cfg, datamodule)
+    for device, precision in devices.items():
+        log.info("inference on %s", device)
+        results["inference"][device] = inference_section(cfg, datamodule.class_names, device, precision,
+                                                         out / f"inference-{device}")
+    results["machine"]["load_average_1min_at_end"] = describe_machine()["load_average_1min"]
+    results["targets"] = targets(results)
+    (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_markdown(results, out / "bench.md")
+    log.info("wrote %s", out / "bench.md")
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="bench")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point."""
+    log_allocator()
+    bench(cfg)
+
+
+if __name__ == "__main__":
+    use_fast_allocator()  # the bench measures what bcd.train runs with (see bcd.utils.allocator)
+    main()

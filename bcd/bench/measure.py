@@ -1,0 +1,83 @@
+"""Timing (median of repeated runs after warm-up) and peak resident memory, for every bench section."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued GPU work, so a timer stops when the work is done (a no-op on the CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_rate(
+    run: Callable[[], Any], items: int, warmup: int, repeats: int, device: torch.device | str = "cpu"
+) -> dict[str, Any]:
+    """Items per second of `run` (which handles `items` items): the median over `repeats` timed calls."""
+    for _ in range(warmup):
+        run()
+    rates = []
+    for _ in range(repeats):
+        synchronize(device)
+        started = time.perf_counter()
+        run()
+        synchronize(device)
+        rates.append(items / (time.perf_counter() - started))
+    return rate_summary(rates)
+
+
+def rate_summary(rates: list[float]) -> dict[str, Any]:
+    """The median of repeated rates, with every repeat kept to show the spread."""
+    return {"images_per_s": round(statistics.median(rates), 2), "repeats": [round(r, 2) for r in rates]}
+
+
+def _status_mb(field: str, pid: int | str = "self") -> float | None:
+    """A memory field (VmRSS, VmHWM) of /proc/<pid>/status in MiB; None where /proc is missing."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak-RSS window for this process (Linux: clear_refs 5); False where it cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """Peak resident memory of a process since the last reset_peak_rss (or since it started), in MiB."""
+    peak = _status_mb("VmHWM", pid)
+    if peak is None and pid == "self":  # macOS reports bytes, Linux KiB; only the process-lifetime peak
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak or 0.0
+
+
+@contextmanager
+def peak_memory(record: dict[str, Any]) -> Iterator[None]:
+    """Record this process's resident memory before a section and its peak during it (MiB) into `record`."""
+    reset = reset_peak_rss()
+    before = _status_mb("VmRSS") or peak_rss_mb()
+    yield
+    peak = peak_rss_mb()
+    record["memory_mb"] = {
+        "rss_before": round(before, 1),
+        "peak_rss": round(peak, 1),
+        # without a resettable peak (not Linux) the peak may belong to an earlier section
+        "peak_above_before": round(peak - before, 1) if reset else None,
+    }

@@ -1,0 +1,117 @@
+"""bench.md: the machine, the four sections as tables, and the issue's targets checked against them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TRAIN_RATIO, USER_LOOP_RATIO, WORKER_RATIO, CACHE_RATIO, ONNX_RATIO = 0.97, 2.0, 0.9, 1.3, 1.5
+
+
+def _rate(record: dict[str, Any] | None) -> float | None:
+    """The median images/s of a timed record (None when it failed or is missing)."""
+    return record.get("images_per_s") if record else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def _fmt(value: Any) -> str:
+    return "–" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _peak(record: dict[str, Any] | None) -> str:
+    """'peak above the section's start (absolute peak)' in MiB."""
+    memory = (record or {}).get("memory_mb")
+    return f"{_fmt(memory['peak_above_before'])} ({memory['peak_rss']:.0f})" if memory else "–"
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each of issue 6's targets: the measured value, the bar and whether it is met (None: not measured)."""
+    rows = []
+    for device, section in results["training"].items():
+        ratio = _ratio(_rate(section.get("framework")), _rate(section.get("raw")))
+        rows.append({"target": f"{device}: bcd.train / raw timm loop", "value": ratio, "bar": TRAIN_RATIO})
+    cpu = results["training"].get("cpu", {})
+    rows.append({"target": "cpu: bcd.train / plain loop as users run it", "bar": USER_LOOP_RATIO,
+                 "value": _ratio(_rate(cpu.get("framework")), _rate(cpu.get("naive")))})
+    loading = results["loader"]
+    rows.append({"target": "loader, 1 worker / bare decode + augment", "bar": WORKER_RATIO,
+                 "value": _ratio(_rate(loading["loader"].get("1")), _rate(loading["bare_decode_augment"]))})
+    rows.append({"target": "loader, 1 worker: cached / uncached", "bar": CACHE_RATIO,
+                 "value": _ratio(_rate(loading["loader_cached"].get("1")), _rate(loading["loader"].get("1")))})
+    runtimes = results["inference"].get("cpu", {}).get("runtimes", {})
+    batch = str(max(int(b) for b in runtimes.get("torch eager", {}).get("batches", {"32": 0})))
+    onnx, eager = (runtimes.get(k, {}).get("batches", {}).get(batch) for k in ("onnxruntime", "torch channels_last"))
+    rows.append({"target": f"cpu: onnxruntime / torch (channels_last, as bcd.predict runs it), batch {batch}",
+                 "bar": ONNX_RATIO, "value": _ratio(_rate(onnx), _rate(eager))})
+    for row in rows:
+        row["met"] = None if row["value"] is None else row["value"] >= row["bar"]
+    return rows
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The whole bench.md."""
+    machine, settings = results["machine"], results["settings"]
+    lines = [f"# bcd.bench: {settings['model']} at {settings['img_size']} px, batch {settings['batch_size']}", "",
+             f"Command: `{results['command']}`", "",
+             "| machine | |", "| --- | --- |"]
+    for key in ("cpu", "cpu_count", "usable_cpus", "torch_threads", "load_average_1min", "gpu", "allocator",
+                "platform"):
+        lines.append(f"| {key} | {_fmt(machine[key])} |")
+    lines.append("| versions | " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()) + " |")
+    timing = settings["timing"]
+    lines += ["", f"Rates are images/s, the median of {timing['repeats']} timed repeats of {timing['steps']} "
+              f"steps after {timing['warmup']} warm-up steps; memory is the peak resident memory above the "
+              "process's memory before the section (MiB). Other processes on the same cores slow everything: "
+              "read the ratios, measured side by side in one process.", "", "## Training", "",
+              "| device | run | images/s | repeats | peak MiB above start (absolute) |", "| --- | --- | --- | --- | --- |"]
+    names = {"raw": "raw timm loop (in-memory tensors)", "framework": "bcd.train (Lightning + datamodule from disk)",
+             "naive": "plain loop as users run it (system malloc, no channels_last, own process)"}
+    for device, section in results["training"].items():
+        for key, name in names.items():
+            if key in section:
+                record = section[key]
+                lines.append(f"| {device} | {name} | {_fmt(_rate(record)) if 'error' not in record else record['error']}"
+                             f" | {record.get('repeats', '')} | {_peak(record)} |")
+    for device, section in results["training"].items():
+        steps = section["raw"].get("optimizer_step_ms", {})
+        if steps:
+            lines += ["", f"{device}: one optimizer step of the raw loop takes "
+                      + ", ".join(f"{ms:g} ms {name}" for name, ms in steps.items()) + "."]
+    loading = results["loader"]
+    lines += ["", f"## Loader ({loading['images']} training images at {loading['img_size']} px)", "",
+              "| what | images/s | main process peak MiB above start (absolute) |", "| --- | --- | --- |"]
+    for name, record in loading["decoders"].items():
+        lines.append(f"| decode only: {name} | {_fmt(_rate(record))} | |")
+    lines.append(f"| bare decode + augment, this process | {_fmt(_rate(loading['bare_decode_augment']))} | |")
+    lines.append(f"| bare augment of cached images, this process | {_fmt(_rate(loading['bare_augment_cached']))} | |")
+    for key, label in (("loader", "loader"), ("loader_cached", "loader with the decoded-image cache")):
+        for workers, record in loading[key].items():
+            lines.append(f"| {label}, {workers} worker(s) | {_fmt(_rate(record))} | {_peak(record)} |")
+    cache = loading["cache"]
+    lines += ["", f"The cache of these images takes {cache['mb']} MiB (built in {cache['build_s']} s); the full "
+              f"Taleqani release (3,256 images) would take {cache['mb_full_taleqani']} MiB at this size."]
+    lines += ["", "## Inference", "", "| device | runtime | batch | images/s | vs torch eager | max abs diff of "
+              "probabilities vs eager | peak MiB above start (absolute) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for device, section in results["inference"].items():
+        eager = section["runtimes"].get("torch eager", {}).get("batches", {})
+        for name, record in section["runtimes"].items():
+            if "error" in record:
+                lines.append(f"| {device} | {name} | | failed: {record['error'][:200]} | | | |")
+                continue
+            for batch, timed in record["batches"].items():
+                lines.append(f"| {device} | {name} | {batch} | {_fmt(_rate(timed))} | "
+                             f"{_fmt(_ratio(_rate(timed), _rate(eager.get(batch))))} | "
+                             f"{timed['max_abs_diff_probs_vs_eager']:.2g} | {_peak(record)} |")
+    lines += ["", "## Targets (issue 6)", "", "| target | measured | bar | met |", "| --- | --- | --- | --- |"]
+    for row in results["targets"]:
+        met = {True: "yes", False: "**no**", None: "not measured"}[row["met"]]
+        lines.append(f"| {row['target']} | {_fmt(row['value'])} | ≥ {row['bar']} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(results: dict[str, Any], path: Path) -> None:
+    """Write bench.md."""
+    path.write_text(markdown(results))

@@ -1,0 +1,168 @@
+"""Training throughput: a plain timm loop on in-memory tensors (the limit) and the real bcd training step."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import timm
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+
+from bcd.bench.measure import median_rate, peak_memory, rate_summary, synchronize
+from bcd.utils.config import to_plain
+
+AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def plain_timm_training(
+    model_name: str,
+    n_classes: int,
+    img_size: int,
+    batch_size: int,
+    optimizer: dict[str, Any],
+    channels_last: bool,
+    precision: str,
+    device: str,
+    timing: dict[str, int],
+) -> dict[str, Any]:
+    """Images/s of forward + backward + optimizer step of a timm model on one batch already in memory."""
+    torch.manual_seed(0)
+    net = timm.create_model(model_name, pretrained=False, num_classes=n_classes).to(device).train()
+    images = torch.randn(batch_size, 3, img_size, img_size, device=device)
+    targets = torch.randint(0, n_classes, (batch_size,), device=device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    opt = instantiate(optimizer)(params=net.parameters())
+    dtype = AUTOCAST_DTYPES.get(precision)
+
+    def steps() -> None:
+        for _ in range(timing["steps"]):
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(torch.device(device).type, dtype=dtype) if dtype else nullcontext():
+                loss = torch.nn.functional.cross_entropy(net(images), targets)
+            loss.backward()
+            opt.step()
+
+    record: dict[str, Any] = {"channels_last": channels_last, "precision": precision, "device": device}
+    with peak_memory(record):
+        record.update(median_rate(steps, timing["steps"] * batch_size, timing["warmup"], timing["repeats"], device))
+    record["optimizer_step_ms"] = optimizer_step_ms(net, optimizer, device)
+    return record
+
+
+def optimizer_step_ms(net: torch.nn.Module, optimizer: dict[str, Any], device: str) -> dict[str, float]:
+    """Milliseconds of one optimizer step as configured and with fused=True (Adam/AdamW: one kernel, not a loop)."""
+    variants = {"configured": optimizer, "fused": {**optimizer, "fused": True}}
+    times = {}
+    for name, config in variants.items():
+        try:
+            opt = instantiate(config)(params=net.parameters())
+        except (TypeError, RuntimeError):  # an optimizer without a fused implementation
+            continue
+        opt.step()  # creates the state
+        synchronize(device)
+        started = time.perf_counter()
+        for _ in range(3):
+            opt.step()
+        synchronize(device)
+        times[name] = round((time.perf_counter() - started) / 3 * 1000, 1)
+    return times
+
+
+def raw_training(cfg: DictConfig, n_classes: int, device: str, precision: str) -> dict[str, Any]:
+    """The plain timm loop with the bench's model, batch, image size, channels_last and precision."""
+    return plain_timm_training(
+        cfg.model.name, n_classes, cfg.model.img_size, cfg.dataset.batch_size, to_plain(cfg.optimizer),
+        bool(cfg.model.channels_last), precision, device, to_plain(cfg.bench.timing),
+    )
+
+
+def naive_training(cfg: DictConfig, n_classes: int) -> dict[str, Any]:
+    """The plain timm loop run the way a user would: a fresh process with glibc's malloc, no channels_last."""
+    arguments = {
+        "model_name": cfg.model.name, "n_classes": n_classes, "img_size": cfg.model.img_size,
+        # a user's loop: the optimizer's own defaults (on the CPU, Adam's per-tensor loop), no fused kernel
+        "batch_size": cfg.dataset.batch_size, "channels_last": False,
+        "optimizer": {k: v for k, v in to_plain(cfg.optimizer).items() if k not in ("fused", "foreach")},
+        "precision": "32-true", "device": "cpu", "timing": to_plain(cfg.bench.timing),
+        "threads": torch.get_num_threads(),  # the same intra-op threads as this process
+    }
+    # what bcd.utils.allocator adds is left out, so the child runs with the system allocator
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GLIBC_TUNABLES")}
+    result = subprocess.run(
+        [sys.executable, "-m", "bcd.bench.naive", json.dumps(arguments)],
+        env={**env, "BCD_ALLOCATOR_ACTIVE": "system"}, capture_output=True, text=True, check=False,
+    )
+    if result.returncode != 0:
+        return {"error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"}
+    return {**json.loads(result.stdout.strip().splitlines()[-1]), "allocator": "system"}
+
+
+class StepClock(L.Callback):
+    """Records when every training step ends and writes the times to `path` when training ends."""
+
+    def __init__(self, path: str, marks: list[int]) -> None:
+        self.path = Path(path)
+        self.marks = set(marks)  # steps where GPU work is awaited first; never every step (a host sync)
+        self.times: list[float] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        """Note the end of a step."""
+        if len(self.times) in self.marks:
+            synchronize(pl_module.device)
+        self.times.append(time.perf_counter())
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write the step times."""
+        self.path.write_text(json.dumps(self.times))
+
+
+def framework_config(cfg: DictConfig, out_dir: Path, device: str, precision: str) -> DictConfig:
+    """The bench's training config as a short bcd.train run: no loggers, checkpoints, validation or test."""
+    timing = cfg.bench.timing
+    marks = [timing.warmup - 1 + k * timing.steps for k in range(timing.repeats + 1)]
+    run = copy.deepcopy(cfg)
+    with open_dict(run):
+        run.paths.output_dir = str(out_dir)
+        run.logger = {}
+        run.callbacks = {"step_clock": {"_target_": f"{__name__}.StepClock", "path": str(out_dir / "steps.json"),
+                                        "marks": marks}}
+        run.test = False
+        run.trainer.update(accelerator="gpu" if device == "cuda" else "cpu", devices=1, strategy="auto",
+                           precision=precision, max_steps=marks[-1] + 1, max_epochs=10_000,
+                           limit_train_batches=None, limit_val_batches=0, enable_checkpointing=False,
+                           enable_progress_bar=False, enable_model_summary=False)
+        del run.bench
+    return run
+
+
+def framework_training(cfg: DictConfig, out_dir: Path, device: str, precision: str) -> dict[str, Any]:
+    """Images/s of the real bcd.train (Lightning, the real datamodule reading from disk) after warm-up."""
+    from bcd.train import train  # the entry point itself, so the bench measures exactly what users run
+
+    out_dir.mkdir(parents=True)
+    run = framework_config(cfg, out_dir, device, precision)
+    record: dict[str, Any] = {"precision": precision, "device": device,
+                              "num_workers": run.dataset.num_workers, "cache_images": run.dataset.cache_images}
+    with peak_memory(record):
+        train(run)
+    times = json.loads((out_dir / "steps.json").read_text())
+    timing, batch = cfg.bench.timing, cfg.dataset.batch_size
+    rates = []
+    for k in range(timing.repeats):
+        start = timing.warmup - 1 + k * timing.steps
+        rates.append(timing.steps * batch / (times[start + timing.steps] - times[start]))
+    record.update(rate_summary(rates))
+    return record

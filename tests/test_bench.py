@@ -1,0 +1,128 @@
+"""bcd.bench end to end at a tiny size, the allocator re-exec, the fast decoder and the decoded-image cache."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bcd.data.dataset import build_cache, load_image
+from bcd.data.decode import read_audited_rgb, read_rgb
+from bcd.utils.allocator import active_allocator, allocator_environment
+from tests.conftest import REPO, run_cli, tiny_overrides
+
+TINY_BENCH = [
+    "bench.timing.warmup=1", "bench.timing.steps=2", "bench.timing.repeats=2", "bench.loader_images=16",
+    "bench.inference_batch_sizes=[1,4]", "bench.inference_images=4", "bench.compile=false",
+]
+
+
+def _numbers(node: object) -> list[float]:
+    """Every number in a JSON tree."""
+    if isinstance(node, dict):
+        return [x for v in node.values() for x in _numbers(v)]
+    if isinstance(node, list):
+        return [x for v in node for x in _numbers(v)]
+    return [float(node)] if isinstance(node, int | float) and not isinstance(node, bool) else []
+
+
+@pytest.mark.slow
+def test_bench_writes_every_section(synthetic_cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    overrides = [o for o in tiny_overrides(synthetic_cache) if not o.startswith("callbacks.")]
+    result = run_cli(["bcd.bench", *overrides, *TINY_BENCH, f"hydra.run.dir={out}"], cwd=tmp_path,
+                     env={"BCD_ALLOCATOR": "auto"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "bench.json").read_text())
+    assert set(results) >= {"machine", "settings", "training", "loader", "inference", "targets"}
+    cpu = results["training"]["cpu"]
+    for run in ("raw", "framework", "naive"):
+        assert cpu[run]["images_per_s"] > 0, run
+    assert results["loader"]["loader"]["1"]["images_per_s"] > 0
+    assert results["loader"]["loader_cached"]["1"]["images_per_s"] > 0
+    runtimes = results["inference"]["cpu"]["runtimes"]
+    assert {"torch eager", "torch channels_last", "onnxruntime"} <= set(runtimes)
+    assert runtimes["onnxruntime"]["batches"]["4"]["max_abs_diff_probs_vs_eager"] < 1e-4
+    assert all(math.isfinite(x) and x >= 0 for x in _numbers(results)), "a negative or non-finite value"
+    assert cpu["framework"]["memory_mb"]["peak_rss"] > 0
+    assert results["machine"]["allocator"] != "system"  # the bench re-executed itself with a faster allocator
+    markdown = (out / "bench.md").read_text()
+    for heading in ("## Training", "## Loader", "## Inference", "## Targets"):
+        assert heading in markdown
+
+
+def test_allocator_prefers_a_preloaded_library_else_glibc_tunables(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert allocator_environment("system", {}) == ("system", {})
+    monkeypatch.setattr("bcd.utils.allocator.find_allocator", lambda name: None)
+    name, env = allocator_environment("auto", {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
+    assert name == "glibc-tuned"
+    assert env["GLIBC_TUNABLES"].startswith("glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=")
+    with pytest.raises(ValueError, match="libtcmalloc is not installed"):
+        allocator_environment("tcmalloc", {})
+    monkeypatch.setattr("bcd.utils.allocator.find_allocator", lambda name: f"lib{name}.so")
+    assert allocator_environment("auto", {"LD_PRELOAD": "other.so"}) == (
+        "tcmalloc", {"LD_PRELOAD": "libtcmalloc.so other.so"})
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the allocator is only swapped on Linux")
+def test_train_entry_re_executes_once_with_the_allocator(tmp_path: Path) -> None:
+    # the re-exec, then a child that must not re-exec again (as a DDP rank or sweep trial would be)
+    code = ("from bcd.utils.allocator import use_fast_allocator, active_allocator; use_fast_allocator(); "
+            "import os; print(active_allocator(), os.environ['BCD_ALLOCATOR_ACTIVE'])")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BCD_ALLOCATOR")}
+    import subprocess
+
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO)
+    assert first.returncode == 0, first.stderr
+    name, marker = first.stdout.split()
+    assert name == marker != "system"
+    opted_out = subprocess.run([sys.executable, "-c", code], env={**env, "BCD_ALLOCATOR": "system"},
+                               capture_output=True, text=True, cwd=REPO)
+    assert opted_out.stdout.split() == ["system", "system"]
+    assert active_allocator() in ("tcmalloc", "jemalloc", "glibc-tuned", "system")
+
+
+def test_fast_decoder_matches_strict_decoding(synthetic_root: Path) -> None:
+    paths = sorted(synthetic_root.glob("*/*"))[:8]
+    for path in paths:
+        assert np.array_equal(read_audited_rgb(path), read_rgb(path)), path
+
+
+def test_fast_decoder_falls_back_for_exif_images(tmp_path: Path) -> None:
+    from PIL import Image
+
+    image = Image.fromarray(np.arange(24 * 32 * 3, dtype=np.uint8).reshape(24, 32, 3))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    image.save(tmp_path / "rotated.jpg", exif=exif)
+    decoded = read_audited_rgb(tmp_path / "rotated.jpg")
+    assert decoded.shape == (32, 24, 3)
+    assert np.array_equal(decoded, read_rgb(tmp_path / "rotated.jpg"))
+
+
+def test_cache_holds_exactly_the_directly_decoded_images(synthetic_root: Path) -> None:
+    paths = sorted(synthetic_root.glob("*/*"))[:10]
+    cache = build_cache(paths, 40, max_pixels=None)
+    for i, path in enumerate(paths):
+        assert cache[i].tobytes() == load_image(path, 40, None).tobytes()
+
+
+def _first_epoch_losses(run_dir: Path) -> list[float]:
+    metrics = next(run_dir.glob("**/metrics.csv")).read_text().splitlines()
+    header = metrics[0].split(",")
+    column = header.index("train/loss_step")
+    return [float(row.split(",")[column]) for row in metrics[1:] if row.split(",")[column]]
+
+
+@pytest.mark.slow
+def test_training_with_and_without_the_cache_gives_the_same_losses(train_run) -> None:
+    common = ["trainer.log_every_n_steps=1", "dataset.num_workers=1"]
+    plain = train_run(*common, "dataset.cache_images=false")
+    cached = train_run(*common, "dataset.cache_images=true")
+    losses = [_first_epoch_losses(Path(s["run_dir"])) for s in (plain, cached)]
+    assert losses[0] and losses[0] == losses[1]
