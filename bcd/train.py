@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from bcd.data.colour_range import colour_range
 from bcd.models.backbone import input_size
 from bcd.models.classifier import Classifier, load_classifier
+from bcd.utils.allocator import active_allocator, log_allocator, use_fast_allocator
 from bcd.utils.config import check_config, instantiate_dict, to_plain
 from bcd.utils.run import (
     command_line,
@@ -146,6 +147,7 @@ def run_summary(
         ),
         "timings_s": {**{k: round(v, 2) for k, v in timings.items()}, "total": round(sum(timings.values()), 2)},
         "seed": cfg.seed,
+        "allocator": active_allocator(),
         "versions": library_versions(),
     }
 
@@ -164,9 +166,11 @@ def _last_checkpoint(trainer: L.Trainer) -> str:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns test macro-F1 so Hydra sweepers can optimise it."""
+    log_allocator()
     summary = train(cfg)
     return summary.get("metrics", {}).get("test", {}).get("test/macro_f1")
 
 
 if __name__ == "__main__":
+    use_fast_allocator()  # re-executes this command once, with tcmalloc/jemalloc or tuned glibc malloc
     main()
