@@ -75,6 +75,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "run_dir": str(run.run_dir),
         "split": cfg.split,
         "n_images": len(targets),
+        # the method that made the run's split (reading its manifest back cannot tell), else the given data's
+        "split_method": (None if cfg.get("dataset") else run.summary.get("dataset", {}).get("split_method"))
+        or datamodule.split_method,
         "class_names": datamodule.class_names,
         "ci_level": cfg.ci,
         "n_boot": cfg.n_boot,

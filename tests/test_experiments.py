@@ -54,3 +54,15 @@ def test_training_says_how_long_an_epoch_takes(train_run, caplog: pytest.LogCapt
     messages = [r.getMessage() for r in caplog.records if r.name == "bcd.utils.timing"]
     assert any(m.startswith("no GPU: training on the CPU") for m in messages)
     assert any(m.startswith("about ") and "per epoch" in m for m in messages)
+
+
+@pytest.mark.parametrize("experiment", ["cpu_fast"])
+def test_cpu_recipes_train_one_step(experiment: str, synthetic_root: Path, tmp_path: Path) -> None:
+    from bcd.train import train
+
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = compose_train([f"experiment={experiment}", f"dataset.root={synthetic_root}", *ONE_STEP,
+                         f"paths.output_dir={out}"])
+    assert cfg.dataset.name == "taleqani_all" and not cfg.model.pretrained
+    assert train(cfg)["global_step"] == 1

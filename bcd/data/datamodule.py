@@ -281,6 +281,7 @@ class SmearDataModule(L.LightningDataModule):
             "class_names": self.class_names,
             "class_weights": self.class_weights,
             "counts": split_counts(self.samples, self.source_classes),
+            "split_method": self.split_method,
             "skipped_files": {str(p): r for p, r in self.bad_files.items()},
             "citation": self.citation,
         }

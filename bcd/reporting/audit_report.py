@@ -15,8 +15,8 @@ from bcd.data.decode import read_rgb
 from bcd.data.near_duplicates import NearPair
 from bcd.data.proxy_groups import describe_proxy_groups
 from bcd.reporting.gradcam import SHEET_MAX_IMAGES, write_contact_sheet
+from bcd.reporting.markdown import markdown_table
 from bcd.reporting.plots import saved_figure, series_colour
-from bcd.reporting.report import _table as markdown_table
 from bcd.utils.run import write_json
 
 __all__ = ["write_audit_report"]

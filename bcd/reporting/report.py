@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from bcd.data.sources import Sample
+from bcd.reporting.markdown import markdown_table
 from bcd.reporting.robustness import format_estimate, shift_table
 from bcd.reporting.stats import Estimate, softmax_with_temperature
 from bcd.reporting.trained_run import TrainedRun
@@ -53,11 +54,17 @@ def write_predictions(
             )
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    """A markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return lines
+# what each split method (bcd.data.splits.split_method) kept on one side of the split
+SPLIT_METHODS = {
+    "image-level": "images assigned one by one: duplicates and images of one patient can sit in train and test",
+    "exact-dedup": "byte-identical files kept on one side; near-duplicates and images of one patient can still "
+                   "sit in train and test",
+    "near-dedup": "near-duplicate images (perceptual hash) kept on one side; images of one patient can still "
+                  "sit in train and test",
+    "proxy-group": "proxy patient groups (clusters of acquisition appearance, a stand-in for the missing patient "
+                   "IDs) and duplicates kept on one side",
+    "real-group": "the data's own groups (e.g. patients) and duplicates kept on one side",
+}
 
 
 def _headline_rows(estimates: Mapping[str, Estimate]) -> list[list[str]]:
@@ -90,11 +97,11 @@ def _data_lines(result: Mapping[str, Any], run: TrainedRun, datamodule: Any) -> 
         f"- Dataset: **{datamodule.name}** ({datamodule.data_dir}), fingerprint `{datamodule.fingerprint}`",
         f"- Classes: {', '.join(datamodule.source_classes)}"
         + (f"; benign: {', '.join(datamodule.negative_classes)}" if datamodule.negative_classes else ""),
-        "- Split: stratified, image-level, byte-identical files kept on one side "
-        f"({duplicates} duplicate file(s) found); groups honoured when the data has a group column. "
-        "There are no patient IDs, so images of one patient can sit in train and test.",
+        f"- Split method: **{result['split_method']}**, stratified; "
+        f"{SPLIT_METHODS.get(result['split_method'], 'see the training run')} "
+        f"({duplicates} byte-identical duplicate file(s) in the data).",
         "",
-        *_table(["split", *datamodule.source_classes, "total"], rows),
+        *markdown_table(["split", *datamodule.source_classes, "total"], rows),
     ]
 
 
@@ -111,7 +118,7 @@ def _shift_lines(result: Mapping[str, Any]) -> list[str]:
         f"hed: stain amounts jittered in haematoxylin-eosin-DAB space); seeded (seed {shift['seed']}), so every "
         "model sees the same shifted images. A large drop means the model reads the stain, not the cell.",
         "",
-        *_table(["shift", "strength", "accuracy", "macro-F1"], shift_table(shift)),
+        *markdown_table(["shift", "strength", "accuracy", "macro-F1"], shift_table(shift)),
         "",
     ]
     robust = result.get("robust_acc")
@@ -137,25 +144,25 @@ def write_report(
         f"# Evaluation of `{run.checkpoint.name}`",
         "",
         f"- Checkpoint: `{run.checkpoint}`",
-        f"- Split: **{result['split']}**, {result['n_images']} images; "
+        f"- Split: **{result['split']}**, {result['n_images']} images, split method **{result['split_method']}**; "
         f"{level} confidence intervals from {result['n_boot']} bootstrap resamples of the images.",
         "",
         "## Headline metrics",
         "",
-        *_table(["metric", f"value [{level} CI]"], _headline_rows(estimates)),
+        *markdown_table(["metric", f"value [{level} CI], {result['split_method']} split"], _headline_rows(estimates)),
         "",
         "## Per class",
         "",
-        *_table(["class", "precision", "recall", "F1", "support"], _per_class_rows(estimates, class_names)),
+        *markdown_table(["class", "precision", "recall", "F1", "support"], _per_class_rows(estimates, class_names)),
         "",
         "## Confusion matrix (rows: true, columns: predicted)",
         "",
-        *_table(["", *class_names], [[name, *row] for name, row in zip(class_names, result["confusion_matrix"],
+        *markdown_table(["", *class_names], [[name, *row] for name, row in zip(class_names, result["confusion_matrix"],
                                                                         strict=True)]),
         "",
         "## Calibration",
         "",
-        *_table(["", "ECE", "Brier"], _calibration_rows(calibration)),
+        *markdown_table(["", "ECE", "Brier"], _calibration_rows(calibration)),
         "",
         *_shift_lines(result),
         "## Data",
@@ -201,9 +208,10 @@ def write_model_card(
         "",
         *recipe,
         "",
-        f"## Performance on the {result['split']} split ({result['n_images']} images)",
+        f"## Performance on the {result['split']} split ({result['n_images']} images, {result['split_method']} split)",
         "",
-        *_table(["metric", f"value [{result['ci_level']:.0%} CI]"], _headline_rows(estimates)),
+        *markdown_table(["metric", f"value [{result['ci_level']:.0%} CI], {result['split_method']} split"],
+                        _headline_rows(estimates)),
         "",
         f"Calibration: ECE {calibration['before']['ece']:.4f} before"
         + (f", {calibration['after']['ece']:.4f} after temperature scaling (T = {calibration['temperature']:.3f})"
@@ -213,8 +221,10 @@ def write_model_card(
         *_shift_lines(result),
         "## Known limitations",
         "",
-        "- The split is image-level: the public Taleqani release has no patient IDs, so images of one patient "
-        "(about 37 per patient) can be in both training and test; scores are optimistic for new patients.",
+        *([] if result["split_method"] == "real-group" else [
+            f"- The split ({result['split_method']}) is not by patient: the public Taleqani release has no patient "
+            "IDs, so images of one patient (about 37 per patient) can be in both training and test; scores are "
+            "optimistic for new patients (a proxy-group split or bcd.cv narrows, but cannot close, this gap)."]),
         "- The classes differ in stain colour and illumination as well as in cell morphology; a model can "
         "score high by recognising the slide rather than the cell, and may fail on another lab's stain.",
         "- Confidence intervals reflect resampling of these test images only, not variation between "
