@@ -70,7 +70,7 @@ def test_allocator_prefers_a_preloaded_library_else_glibc_tunables(monkeypatch: 
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the allocator is only swapped on Linux")
-def test_train_entry_re_executes_once_with_the_allocator(tmp_path: Path) -> None:
+def test_the_command_re_executes_once_with_the_allocator(tmp_path: Path) -> None:
     # the re-exec, then a child that must not re-exec again (as a DDP rank or sweep trial would be)
     code = ("from bcd.utils.allocator import use_fast_allocator, active_allocator; use_fast_allocator(); "
             "import os; print(active_allocator(), os.environ['BCD_ALLOCATOR_ACTIVE'])")

@@ -61,7 +61,8 @@ def runners(cfg: DictConfig, class_names: list[str], device: str, precision: str
         try:
             example = torch.zeros(2, 3, cfg.model.img_size, cfg.model.img_size, dtype=torch.uint8)
             export_onnx(fast, example, path, opset=None)
-            built["onnxruntime"] = OnnxRunner(path).class_logits
+            # as many threads as torch has here, so the two runtimes compete on equal terms
+            built["onnxruntime"] = OnnxRunner(path, threads=torch.get_num_threads()).class_logits
         except Exception as e:  # an export failure is a result to report, not a reason to lose the bench
             built["onnxruntime"] = f"{type(e).__name__}: {e}"
     return built

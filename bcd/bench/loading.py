@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from bcd.bench.measure import median_rate, peak_memory, peak_rss_mb, rate_summary
+from bcd.bench.measure import median_rate, peak_memory, private_rss_mb, rate_summary
 from bcd.data.datamodule import SmearDataModule
 from bcd.data.dataset import SmearDataset, build_cache, resize_square
 from bcd.data.decode import read_audited_rgb, read_rgb
@@ -57,7 +57,7 @@ def loader_rate(datamodule: SmearDataModule, dataset: SmearDataset, workers: int
             if repeat:
                 rates.append(len(dataset) / (time.perf_counter() - started))
         worker_pids = [w.pid for w in getattr(iterator, "_workers", [])]  # private, but the only handle
-        record["worker_peak_rss_mb"] = [round(peak_rss_mb(pid), 1) for pid in worker_pids]
+        record["worker_private_mb"] = [private_rss_mb(pid) for pid in worker_pids]
     record.update(rate_summary(rates))
     del iterator, loader
     return record
@@ -86,7 +86,7 @@ def loader_section(cfg: DictConfig, datamodule: SmearDataModule) -> dict[str, An
     result["bare_augment_cached"] = median_rate(
         lambda: [to_chw_tensor(augment(image=image)["image"]) for image in cache], n, **timing
     )
-    workers = sorted({1, max(1, cfg.dataset.num_workers or 1)})
+    workers = sorted({1, max(1, datamodule.num_workers)})
     for cached in (False, True):
         dataset = SmearDataset(paths, targets, size, augment, cache if cached else None, datamodule.max_pixels)
         key = "loader_cached" if cached else "loader"

@@ -68,6 +68,17 @@ def peak_rss_mb(pid: int | str = "self") -> float:
     return peak or 0.0
 
 
+def private_rss_mb(pid: int | str = "self") -> float | None:
+    """Resident memory no other process shares (USS), in MiB: what a forked loader worker really adds,
+    since its plain RSS also counts every page it still shares with the parent."""
+    try:
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    except OSError:
+        return None
+    private_kb = sum(int(line.split()[1]) for line in lines if line.startswith(("Private_Clean:", "Private_Dirty:")))
+    return round(private_kb / 1024, 1)
+
+
 @contextmanager
 def peak_memory(record: dict[str, Any]) -> Iterator[None]:
     """Record this process's resident memory before a section and its peak during it (MiB) into `record`."""

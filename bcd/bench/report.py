@@ -82,14 +82,16 @@ def markdown(results: dict[str, Any]) -> str:
                       + ", ".join(f"{ms:g} ms {name}" for name, ms in steps.items()) + "."]
     loading = results["loader"]
     lines += ["", f"## Loader ({loading['images']} training images at {loading['img_size']} px)", "",
-              "| what | images/s | main process peak MiB above start (absolute) |", "| --- | --- | --- |"]
+              "| what | images/s | MiB: main process peak above start (absolute); memory each worker owns |", "| --- | --- | --- |"]
     for name, record in loading["decoders"].items():
         lines.append(f"| decode only: {name} | {_fmt(_rate(record))} | |")
     lines.append(f"| bare decode + augment, this process | {_fmt(_rate(loading['bare_decode_augment']))} | |")
     lines.append(f"| bare augment of cached images, this process | {_fmt(_rate(loading['bare_augment_cached']))} | |")
     for key, label in (("loader", "loader"), ("loader_cached", "loader with the decoded-image cache")):
         for workers, record in loading[key].items():
-            lines.append(f"| {label}, {workers} worker(s) | {_fmt(_rate(record))} | {_peak(record)} |")
+            private = ", ".join(_fmt(mb) for mb in record.get("worker_private_mb", []))
+            lines.append(f"| {label}, {workers} worker(s) | {_fmt(_rate(record))} | {_peak(record)}; "
+                         f"worker(s) own {private} |")
     cache = loading["cache"]
     lines += ["", f"The cache of these images takes {cache['mb']} MiB (built in {cache['build_s']} s); the full "
               f"Taleqani release (3,256 images) would take {cache['mb_full_taleqani']} MiB at this size."]
