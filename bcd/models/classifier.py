@@ -104,8 +104,9 @@ class Classifier(L.LightningModule):
         images, targets = batch
         logits = self(images)
         loss = self.loss_fn(logits, targets)
-        self.train_acc(self.probabilities(logits.detach()), targets)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        self.train_acc.update(self.probabilities(logits.detach()), targets)
+        # not on the progress bar: reading it there every step would sync with the GPU every step
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(targets))
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(targets))
         return loss
 
