@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bcd.data.decode import read_rgb
+from bcd.data.decode import read_audited_rgb
 
 COLOUR_STATISTICS = ("mean_red", "mean_green", "mean_blue", "red_to_blue")
 
@@ -25,7 +25,7 @@ def colour_range(
     """[low, high] of each statistic over the images, widened by `margin` of its span on both sides."""
 
     def statistics(path: Path) -> dict[str, float]:
-        return colour_statistics(read_rgb(path, max_pixels=max_pixels))
+        return colour_statistics(read_audited_rgb(path, max_pixels=max_pixels))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         values = list(pool.map(statistics, paths))

@@ -1,4 +1,5 @@
-"""A dataset of colour-shifted images: what a model sees when another lab's stain or camera made them."""
+"""A dataset of colour-shifted images: what a model sees when another lab's stain or camera made them (the files
+were audited by the datamodule, so they are decoded the fast way training decodes them)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch.utils.data import Dataset
 
 from bcd.data.colour_shift import apply_shift, image_key, shift_draw
 from bcd.data.dataset import resize_square
-from bcd.data.decode import read_rgb
+from bcd.data.decode import read_audited_rgb
 
 
 class ShiftedImages(Dataset):
@@ -46,7 +47,7 @@ class ShiftedImages(Dataset):
     def image(self, index: int) -> np.ndarray:
         """The shifted, resized image as H x W x 3 uint8."""
         path = self.paths[index]
-        image = read_rgb(path, max_pixels=self.max_pixels)
+        image = read_audited_rgb(path, max_pixels=self.max_pixels)
         shifted = apply_shift(image, self.kind, self.strength, shift_draw(self.seed, self.kind, image_key(path)))
         return resize_square(shifted, self.img_size)
 
