@@ -226,6 +226,13 @@ def test_temperature_scaling_fixes_overconfidence() -> None:
     assert fit_temperature(base, targets) == pytest.approx(1.0, abs=0.2)
 
 
+def test_no_temperature_is_fitted_when_val_has_no_errors() -> None:
+    """Perfectly separated val logits would drive T towards 0 (overconfidence); T stays 1."""
+    targets = np.arange(40) % 4
+    logits = np.eye(4)[targets] * 3.0 + np.random.default_rng(0).normal(0, 0.1, (40, 4))
+    assert fit_temperature(logits, targets) == 1.0
+
+
 def test_fit_temperature_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="empty"):
         fit_temperature(np.zeros((0, 3)), np.zeros(0, dtype=int))

@@ -6,6 +6,7 @@ integer class indices in [0, C). The binary task is passed as C = 2, so everythi
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Sequence
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.stats import rankdata
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Estimate",
@@ -299,6 +302,12 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray, max_iter: int = 100
     if not np.isfinite(logits).all():
         raise ValueError("logits contain NaN or infinite values")
 
+    if (logits.argmax(axis=1) == targets).all():
+        # every val image right: the NLL falls towards 0 as T -> 0, so a fit would only make the model
+        # arbitrarily overconfident (T = 0.017 seen on a real run); leave the probabilities as they are
+        log.warning("temperature: every validation image is classified correctly, so no temperature can be "
+                    "fitted; keeping T = 1")
+        return 1.0
     x = torch.from_numpy(logits)
     y = torch.from_numpy(targets.astype(np.int64))
     # Optimising log T keeps T positive without a constrained optimiser.
