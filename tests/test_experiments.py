@@ -56,7 +56,7 @@ def test_training_says_how_long_an_epoch_takes(train_run, caplog: pytest.LogCapt
     assert any(m.startswith("about ") and "per epoch" in m for m in messages)
 
 
-@pytest.mark.parametrize("experiment", ["cpu_fast"])
+@pytest.mark.parametrize("experiment", ["cpu_fast", "colour_robust"])
 def test_cpu_recipes_train_one_step(experiment: str, synthetic_root: Path, tmp_path: Path) -> None:
     from bcd.train import train
 
