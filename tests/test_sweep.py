@@ -200,3 +200,25 @@ def test_a_grid_point_whose_worker_was_killed_is_run_again(synthetic_cache: Path
     finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert sorted(t.params["model.drop_rate"] for t in finished) == [0.0, 0.2]
     assert [t.params for t in study.trials if t.state == TrialState.FAIL] == [killed.params]
+
+
+def test_a_worker_that_loses_the_race_to_create_the_tables_tries_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two workers on a fresh PostgreSQL database: one gets a duplicate-key error creating Optuna's tables."""
+    import sqlalchemy.exc
+
+    from bcd.sweeps import study as study_module
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.IntegrityError("CREATE TABLE alembic_version", {}, Exception("duplicate key"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr(study_module.time, "sleep", lambda seconds: None)
+    storage = study_module.make_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    assert isinstance(storage, real) and len(calls) == 2

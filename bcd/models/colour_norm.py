@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -19,6 +20,8 @@ COLOUR_NORMS = ("none", "gray_world", "white_patch", "quantile_balance", "reinha
 # sRGB (D65) <-> CIE XYZ, and the D65 white point: the standard constants of every Lab conversion
 _XYZ_FROM_RGB = [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
 _D65_WHITE = [0.950456, 1.0, 1.088754]
+# inverted once here: torch.linalg.inv inside forward has no ONNX translation
+_RGB_FROM_XYZ = np.linalg.inv(np.array(_XYZ_FROM_RGB)).tolist()
 
 
 class ChannelBalance(nn.Module):
@@ -67,7 +70,7 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     fy = (flat[:, 0] + 16.0) / 116.0
     f = torch.stack([fy + flat[:, 1] / 500.0, fy, fy - flat[:, 2] / 200.0], dim=1)
     xyz = torch.where(f > 0.206893, f**3, (f - 16.0 / 116.0) / 7.787) * flat.new_tensor(_D65_WHITE).view(1, 3, 1)
-    linear = torch.matmul(torch.linalg.inv(flat.new_tensor(_XYZ_FROM_RGB)), xyz).clamp(0.0, 1.0)
+    linear = torch.matmul(flat.new_tensor(_RGB_FROM_XYZ), xyz).clamp(0.0, 1.0)
     srgb = torch.where(linear > 0.0031308, 1.055 * linear.clamp_min(0.0031308) ** (1.0 / 2.4) - 0.055, 12.92 * linear)
     return (srgb * 255.0).view_as(lab)
 

@@ -8,12 +8,14 @@ import logging
 import math
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
@@ -27,6 +29,9 @@ PARAM_TYPES = ("categorical", "float", "int")
 MAX_CONSECUTIVE_FAILURES = 10
 
 
+STORAGE_ATTEMPTS = 5
+
+
 def storage_url(storage: str | None, sweep_dir: Path) -> str:
     """The study's SQLAlchemy URL: sweep.storage, or a SQLite file in the sweep dir."""
     return storage or f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
@@ -37,9 +42,19 @@ def make_storage(url: str, heartbeat_s: int | None = None) -> optuna.storages.RD
     # SQLite's default 5 s lock timeout is too short for several workers sharing one file
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     heartbeat = {"heartbeat_interval": heartbeat_s, "grace_period": 2 * heartbeat_s} if heartbeat_s else {}
-    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and exactly what we need
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+    for attempt in range(STORAGE_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and exactly what we need
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+        except sqlalchemy.exc.IntegrityError:
+            # workers started together on a fresh database race to create Optuna's tables (a duplicate
+            # "alembic_version" type on PostgreSQL); the loser finds them there on its next try
+            if attempt == STORAGE_ATTEMPTS - 1:
+                raise
+            log.info("another worker is creating the study's tables; trying again")
+            time.sleep(1.0 + attempt)
+    raise AssertionError("unreachable")
 
 
 def make_pruner(name: str, args: Mapping[str, Any] | None = None) -> optuna.pruners.BasePruner:
