@@ -214,3 +214,17 @@ def test_evaluate_reports_accuracy_under_colour_shifts(normalised_run: dict, tmp
     assert "exact-dedup split" in report and "exact-dedup split" in (out / "MODEL_CARD.md").read_text()
     with (out / "predictions.csv").open(newline="") as handle:
         assert len(list(csv.DictReader(handle))) == result["n_images"]
+
+
+@pytest.mark.parametrize("name", NORMS)
+def test_every_normalisation_exports_to_onnx(name: str, tmp_path: Path) -> None:
+    """Each normalisation runs in ONNX Runtime as in torch (it is part of every exported model)."""
+    import onnxruntime
+
+    norm = build_colour_norm(name, **NORMS[name]).eval()
+    images = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (2, 3, IMG, IMG))).float()
+    path = tmp_path / f"{name}.onnx"
+    torch.onnx.export(norm, (images,), path, input_names=["images"], output_names=["out"], dynamo=True)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (exported,) = session.run(None, {"images": images.numpy()})
+    np.testing.assert_allclose(exported, norm(images).numpy(), atol=1e-3)
