@@ -135,7 +135,7 @@ def ensure_plan(cv_dir: Path, cfg: DictConfig, image_level: bool) -> dict[str, A
     plan = {
         "folds": cfg.folds,
         "settings": settings,
-        "split_method": IMAGE_LEVEL if image_level else split_method(datamodule),
+        "split_method": IMAGE_LEVEL if image_level else datamodule.split_method,
         "n_images": len(samples),
         "n_groups": len(set(groups)),
         "fold_sizes": [int((folds == f).sum()) for f in range(cfg.folds)],
@@ -151,16 +151,6 @@ def ensure_plan(cv_dir: Path, cfg: DictConfig, image_level: bool) -> dict[str, A
     log.info("%d folds of %d images in %d groups (%s): %s", cfg.folds, len(samples), plan["n_groups"],
              plan["split_method"], cv_dir / "folds.csv")
     return plan
-
-
-def split_method(datamodule: Any) -> str:
-    """What the datamodule kept together: its split_method when it has one, else derived from dedup/groups."""
-    method = getattr(datamodule, "split_method", None)
-    if method:
-        return method() if callable(method) else str(method)
-    if any(s.group for s in datamodule.samples):
-        return "real-group"
-    return "exact-dedup" if datamodule.dedup == "exact" else IMAGE_LEVEL
 
 
 def run_fold(cv_dir: Path, fold: int, overrides: Sequence[str]) -> Path:

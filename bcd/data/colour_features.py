@@ -14,6 +14,7 @@ from sklearn.model_selection import StratifiedGroupKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from bcd.data.colour_shift import HED_FROM_RGB
 from bcd.data.decode import read_rgb
 
 __all__ = ["STAT_NAMES", "ColourFeatures", "ShortcutScore", "colour_features", "colour_shortcut", "image_colour_stats"]
@@ -21,10 +22,6 @@ __all__ = ["STAT_NAMES", "ColourFeatures", "ShortcutScore", "colour_features", "
 HISTOGRAM_BINS = 16
 # Colour statistics do not need every pixel: large images are subsampled to about this side first.
 _STATS_SIDE = 256
-# Ruifrok & Johnston's haematoxylin / eosin / DAB optical-density vectors (the matrix scikit-image's rgb2hed uses);
-# written out here because scikit-image is not a dependency and the conversion is one matrix product.
-_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-_HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED / np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True))
 
 STAT_NAMES = (
     *(f"{channel} mean" for channel in "RGB"),
@@ -78,7 +75,7 @@ def image_colour_stats(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     step = max(1, max(rgb.shape[:2]) // _STATS_SIDE)
     pixels = rgb[::step, ::step].reshape(-1, 3).astype(np.float64)
     optical_density = -np.log10((pixels + 1.0) / 256.0)
-    stains = optical_density @ _HED_FROM_RGB
+    stains = optical_density @ HED_FROM_RGB
     brightness = pixels.sum(axis=1)
     # The brightest quarter of the picture is the glass between cells: it shows the lamp and the slide's tint.
     background = pixels[brightness >= np.quantile(brightness, 0.75)].mean(axis=0)

@@ -17,9 +17,9 @@ SHIFT_KINDS = ("channel_gain", "brightness", "hed")
 
 # Ruifrok & Johnston's stain vectors (rows: haematoxylin, eosin, DAB) as optical density per RGB channel,
 # the matrix scikit-image's rgb2hed uses; written out here to avoid a dependency for one 3x3 matrix.
-_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-_RGB_FROM_HED = _RGB_FROM_HED / np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True)
-_HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED)
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+RGB_FROM_HED = RGB_FROM_HED / np.linalg.norm(RGB_FROM_HED, axis=1, keepdims=True)
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:
@@ -40,9 +40,9 @@ def brightness(image: np.ndarray, gain: float) -> np.ndarray:
 def hed_jitter(image: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """Scale and shift the haematoxylin, eosin and DAB concentrations in optical density space (Tellez et al.)."""
     density = -np.log((image.astype(np.float64) + 1.0) / 256.0)
-    stains = density.reshape(-1, 3) @ _HED_FROM_RGB
+    stains = density.reshape(-1, 3) @ HED_FROM_RGB
     stains = stains * np.asarray(scale).reshape(1, 3) + np.asarray(shift).reshape(1, 3)
-    rgb = 256.0 * np.exp(-(stains @ _RGB_FROM_HED)) - 1.0
+    rgb = 256.0 * np.exp(-(stains @ RGB_FROM_HED)) - 1.0
     return _to_uint8(rgb.reshape(image.shape))
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from bcd.reporting import stats
+from bcd.reporting.markdown import markdown_table
 from bcd.reporting.report import HEADLINE
 
 FOLD_COLUMNS = [
@@ -93,7 +94,7 @@ def write_cv_report(path: Path, runs: Sequence[Mapping[str, Any]]) -> None:
         "",
         "## Mean ± std over folds",
         "",
-        *_table(
+        *markdown_table(
             ["split", "folds", "images", "groups", *(label for _, label in headline)],
             [
                 [
@@ -109,7 +110,7 @@ def write_cv_report(path: Path, runs: Sequence[Mapping[str, Any]]) -> None:
         "",
         f"## Pooled out-of-fold metrics ({level} CI)",
         "",
-        *_table(
+        *markdown_table(
             ["split", *(label for _, label in headline)],
             [
                 [r["split_method"], *(stats.Estimate(**r["pooled"][key]).format() for key, _ in headline)]
@@ -139,13 +140,13 @@ def _fold_table(run: Mapping[str, Any]) -> list[str]:
         for fold in run["per_fold"]
     ]
     rows.append(["mean ± std", run["n_images"], *(_mean_std(run, key) for key, _ in columns)])
-    return _table(["fold", "test images", *(label for _, label in columns)], rows)
+    return markdown_table(["fold", "test images", *(label for _, label in columns)], rows)
 
 
 def _per_class_table(run: Mapping[str, Any]) -> list[str]:
     """Pooled precision, recall and F1 of every class, with CIs."""
     pooled = run["pooled"]
-    return _table(
+    return markdown_table(
         ["class", "precision", "recall", "F1", "images"],
         [
             [
@@ -164,8 +165,3 @@ def _per_class_table(run: Mapping[str, Any]) -> list[str]:
 def _number(value: float, digits: int = 3) -> str:
     return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
 
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    """A markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
