@@ -1,7 +1,7 @@
 """Train a blood smear classifier: `python -m bcd.train [group=option ...] [key=value ...]`.
 
 The run: check the config, prepare the split, build the model, callbacks, loggers and trainer, fit,
-test the best checkpoint on ONE device (exact metrics, also after DDP), write summary.json.
+test the chosen checkpoint (test_checkpoint: best or last) on ONE device (exact metrics, also after DDP), write summary.json.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, test the best checkpoint on one device and return (and write) the run summary."""
+    """Fit, test the chosen checkpoint (test_checkpoint) on one device and return (and write) the run summary."""
     started = time.time()
     check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -83,8 +83,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # the other ranks are done; metrics below must not wait for them
             torch.distributed.destroy_process_group()
-        best = _best_checkpoint(trainer)
-        tested = load_classifier(best) if best else model
+        chosen = _best_checkpoint(trainer) if cfg.test_checkpoint == "best" else _last_checkpoint(trainer)
+        tested = load_classifier(chosen) if chosen else model  # no checkpoint saved: the weights in hand
         test_metrics = test_on_one_device(cfg, tested, datamodule, loggers) if cfg.test else {}
         timings = {"prepare": prepared - started, "fit": fitted - prepared, "test": time.time() - fitted}
         summary = run_summary(cfg, trainer, datamodule, tested, test_metrics, final_metrics, timings)
@@ -136,6 +136,7 @@ def run_summary(
         "metrics": {"test": test_metrics, "final": final_metrics},
         "test_confusion_matrix": tested.test_confusion,
         "checkpoints": {"best": _best_checkpoint(trainer), "last": _last_checkpoint(trainer)},
+        "tested_checkpoint": cfg.test_checkpoint,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "n_params": sum(p.numel() for p in tested.parameters()),

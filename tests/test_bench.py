@@ -126,3 +126,35 @@ def test_training_with_and_without_the_cache_gives_the_same_losses(train_run) ->
     cached = train_run(*common, "dataset.cache_images=true")
     losses = [_first_epoch_losses(Path(s["run_dir"])) for s in (plain, cached)]
     assert losses[0] and losses[0] == losses[1]
+
+
+def test_default_worker_count_follows_the_usable_cores_and_the_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bcd.data.datamodule as datamodule
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setattr(datamodule.torch.cuda, "is_available", lambda: False)
+    assert datamodule.default_num_workers() == 2  # training needs the cores; two workers keep ahead of it
+    monkeypatch.setattr(datamodule.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(datamodule.torch.cuda, "device_count", lambda: 1)
+    assert datamodule.default_num_workers() == 15  # every core but the one that drives the GPU
+    monkeypatch.setattr(datamodule.torch.cuda, "device_count", lambda: 4)
+    assert datamodule.default_num_workers() == 3  # per device: DDP starts one loader per GPU
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(2)))
+    assert datamodule.default_num_workers() == 1
+
+
+def test_bench_devices_default_to_what_the_machine_has_and_refuse_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    from omegaconf import OmegaConf
+
+    from bcd.bench.__main__ import bench_devices
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    cfg = OmegaConf.create({"trainer": {"precision": "32-true"}, "bench": {"devices": None}})
+    assert bench_devices(cfg) == {"cpu": "32-true"}
+    cfg.bench.devices = ["cuda"]
+    with pytest.raises(ValueError, match="bench.devices"):
+        bench_devices(cfg)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert bench_devices(cfg) == {"cuda": "bf16-mixed"}
+    cfg.bench.devices = None
+    assert bench_devices(cfg) == {"cpu": "32-true", "cuda": "bf16-mixed"}

@@ -14,7 +14,16 @@ import torch
 from PIL import Image
 
 from bcd.data.colour_range import colour_range, colour_statistics, out_of_range
-from bcd.data.colour_shift import SHIFT_KINDS, apply_shift, channel_gain, image_key, shift_draw
+from bcd.data.colour_shift import (
+    HED_FROM_RGB,
+    RGB_FROM_HED,
+    SHIFT_KINDS,
+    apply_shift,
+    channel_gain,
+    hed_jitter,
+    image_key,
+    shift_draw,
+)
 from bcd.data.dataset import SmearDataset
 from bcd.data.decode import read_rgb
 from bcd.data.shifted import ShiftedImages
@@ -55,6 +64,19 @@ def test_channel_gain_scales_and_saturates_like_a_camera() -> None:
     shifted = channel_gain(image, np.array([1.15, 0.85, 1.0]))
     assert shifted[0, 0].tolist() == [230, 170, 200]
     assert channel_gain(image, np.array([1.5, 1.0, 1.0]))[0, 0, 0] == 255
+
+
+def test_hed_jitter_matches_the_per_pixel_stain_formula(synthetic_root: Path) -> None:
+    """The table-and-affine HED jitter equals Tellez et al.'s per-pixel float64 formula to within one level."""
+    image = read_rgb(smear_paths(synthetic_root)[0])
+    scale, shift = np.array([1.12, 0.9, 1.05]), np.array([0.04, -0.06, 0.02])
+    density = -np.log((image.astype(np.float64) + 1.0) / 256.0)
+    stains = density.reshape(-1, 3) @ HED_FROM_RGB * scale + shift
+    expected = np.clip(np.rint(256.0 * np.exp(-(stains @ RGB_FROM_HED)) - 1.0), 0, 255).reshape(image.shape)
+    shifted = hed_jitter(image, scale, shift)
+    assert np.abs(shifted.astype(int) - expected).max() <= 1
+    assert (shifted != expected).mean() < 1e-3
+    assert (shifted != image).mean() > 0.5  # the jitter did change the stain
 
 
 def test_shifted_images_do_not_depend_on_order_model_or_run(synthetic_root: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bcd.models.classifier import load_classifier
+from bcd.utils.config import ConfigError
 from tests.conftest import run_cli, run_dirs, tiny_overrides
 from tests.crash import SimulatedCrash
 
@@ -42,6 +43,19 @@ def test_checkpoints_load_with_weights_only(train_run) -> None:
         assert checkpoint["hyper_parameters"]["class_names"] == ["Benign", "Early", "Pre", "Pro"]
     model = load_classifier(summary["checkpoints"]["best"])
     assert model(torch.zeros(2, 3, 48, 48, dtype=torch.uint8)).shape == (2, 4)
+
+
+def test_test_checkpoint_chooses_the_weights_that_are_tested(train_run) -> None:
+    # the best checkpoint is forced to epoch 0, so best and last hold different weights
+    first_is_best = ["trainer.max_epochs=2", "callbacks.model_checkpoint.monitor=epoch",
+                     "callbacks.model_checkpoint.mode=min"]
+    best = train_run(*first_is_best)
+    last = train_run(*first_is_best, "test_checkpoint=last")
+    assert (best["tested_checkpoint"], last["tested_checkpoint"]) == ("best", "last")
+    assert Path(best["checkpoints"]["best"]).name == "best-epoch000.ckpt"
+    assert best["metrics"]["test"]["test/loss"] != last["metrics"]["test"]["test/loss"]
+    with pytest.raises(ConfigError, match="test_checkpoint"):
+        train_run("test_checkpoint=worst")
 
 
 @pytest.mark.parametrize(

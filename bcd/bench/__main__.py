@@ -32,6 +32,16 @@ from bcd.utils.run import command_line
 log = logging.getLogger(__name__)
 
 
+def bench_devices(cfg: DictConfig) -> dict[str, str]:
+    """The devices to time and each one's precision: bench.devices, or the CPU plus CUDA when present."""
+    available = {"cpu": cfg.trainer.precision, **({"cuda": "bf16-mixed"} if torch.cuda.is_available() else {})}
+    wanted = list(cfg.bench.devices or available)
+    missing = [d for d in wanted if d not in available]
+    if missing:
+        raise ValueError(f"bench.devices={wanted}: {missing} not available here (available: {list(available)})")
+    return {device: available[device] for device in wanted}
+
+
 def bench(cfg: DictConfig) -> dict[str, Any]:
     """Run every section, write bench.json and bench.md to cfg.paths.output_dir and return the results."""
     check_config(cfg)
@@ -47,7 +57,7 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
                              seed=cfg.seed)
     datamodule.prepare()
     n_classes = len(datamodule.class_names)
-    devices = {"cpu": cfg.trainer.precision, **({"cuda": "bf16-mixed"} if torch.cuda.is_available() else {})}
+    devices = bench_devices(cfg)
     results: dict[str, Any] = {
         "command": command_line(),
         "machine": describe_machine(),
@@ -64,7 +74,7 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         after = raw_training(cfg, n_classes, device, precision)
         raw = {**before, **rate_summary(before["repeats"] + after["repeats"])}
         results["training"][device] = {"raw": raw, "framework": framework}
-    if cfg.bench.naive:
+    if cfg.bench.naive and "cpu" in devices:
         log.info("training on cpu: the plain loop as users run it, in its own process")
         results["training"]["cpu"]["naive"] = naive_training(cfg, n_classes)
     log.info("input pipeline")

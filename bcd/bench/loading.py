@@ -44,9 +44,13 @@ def to_chw_tensor(image: np.ndarray) -> torch.Tensor:
 
 def loader_rate(datamodule: SmearDataModule, dataset: SmearDataset, workers: int, timing: dict[str, int]) -> dict:
     """Images/s of the datamodule's own loader over `dataset` with `workers` worker processes."""
+    batch = datamodule.batch_size
+    # a smaller batch where the images would not give every worker two batches (else some workers sit idle)
+    datamodule.batch_size = min(batch, max(1, len(dataset) // (2 * workers)))
     datamodule.datasets["train"], datamodule.num_workers = dataset, workers
     loader = datamodule.loader("train")
-    record: dict[str, Any] = {"workers": workers}
+    record: dict[str, Any] = {"workers": workers, "batch_size": datamodule.batch_size}
+    datamodule.batch_size = batch
     with peak_memory(record):
         rates = []
         for repeat in range(1 + timing["repeats"]):  # the first pass starts the (persistent) workers

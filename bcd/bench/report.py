@@ -90,7 +90,8 @@ def markdown(results: dict[str, Any]) -> str:
     for key, label in (("loader", "loader"), ("loader_cached", "loader with the decoded-image cache")):
         for workers, record in loading[key].items():
             private = ", ".join(_fmt(mb) for mb in record.get("worker_private_mb", []))
-            lines.append(f"| {label}, {workers} worker(s) | {_fmt(_rate(record))} | {_peak(record)}; "
+            lines.append(f"| {label}, {workers} worker(s), batch {record.get('batch_size', '?')} | "
+                         f"{_fmt(_rate(record))} | {_peak(record)}; "
                          f"worker(s) own {private} |")
     cache = loading["cache"]
     lines += ["", f"The cache of these images takes {cache['mb']} MiB (built in {cache['build_s']} s); the full "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 SHIFT_KINDS = ("channel_gain", "brightness", "hed")
@@ -20,6 +21,8 @@ SHIFT_KINDS = ("channel_gain", "brightness", "hed")
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 RGB_FROM_HED = RGB_FROM_HED / np.linalg.norm(RGB_FROM_HED, axis=1, keepdims=True)
 HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
+# optical density -log((v + 1) / 256) of each uint8 value: a table look-up instead of a log per pixel
+OPTICAL_DENSITY = (-np.log((np.arange(256) + 1.0) / 256.0)).astype(np.float32)
 
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:
@@ -29,7 +32,9 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
 
 def channel_gain(image: np.ndarray, gains: np.ndarray) -> np.ndarray:
     """Multiply the R, G, B channels by three factors (a white-balance or stain-balance change)."""
-    return _to_uint8(image.astype(np.float32) * np.asarray(gains, dtype=np.float32).reshape(1, 1, 3))
+    # one 256-entry table per channel (the float32 product, rounded and clipped): a look-up, not a multiply per pixel
+    table = _to_uint8(np.arange(256, dtype=np.float32)[:, None] * np.asarray(gains, dtype=np.float32)[None, :])
+    return cv2.LUT(np.ascontiguousarray(image), table.reshape(256, 1, 3))
 
 
 def brightness(image: np.ndarray, gain: float) -> np.ndarray:
@@ -39,11 +44,12 @@ def brightness(image: np.ndarray, gain: float) -> np.ndarray:
 
 def hed_jitter(image: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """Scale and shift the haematoxylin, eosin and DAB concentrations in optical density space (Tellez et al.)."""
-    density = -np.log((image.astype(np.float64) + 1.0) / 256.0)
-    stains = density.reshape(-1, 3) @ HED_FROM_RGB
-    stains = stains * np.asarray(scale).reshape(1, 3) + np.asarray(shift).reshape(1, 3)
-    rgb = 256.0 * np.exp(-(stains @ RGB_FROM_HED)) - 1.0
-    return _to_uint8(rgb.reshape(image.shape))
+    # to stains, scale and shift, back to optical density: one affine map of each pixel's density (row vectors)
+    mix = (HED_FROM_RGB * np.asarray(scale).reshape(1, 3)) @ RGB_FROM_HED
+    offset = np.asarray(shift).reshape(1, 3) @ RGB_FROM_HED
+    affine = np.hstack([mix.T, offset.T]).astype(np.float32)  # cv2.transform: dst = affine[:, :3] @ src + affine[:, 3]
+    density = cv2.transform(OPTICAL_DENSITY[image], affine)
+    return _to_uint8(cv2.exp(-density) * 256.0 - 1.0)
 
 
 def apply_shift(image: np.ndarray, kind: str, strength: float, u: np.ndarray) -> np.ndarray:

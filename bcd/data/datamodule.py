@@ -37,6 +37,19 @@ log = logging.getLogger(__name__)
 BINARY_CLASS_NAMES = ["benign", "malignant"]
 
 
+def default_num_workers() -> int:
+    """Loader workers per device when dataset.num_workers is null, from the cores this process may use.
+
+    On a GPU machine the loader has to keep up with the GPU (an H200 trains B0 at thousands of images/s, one
+    worker augments a few hundred): every usable core but one per device, at most 16. Without a GPU the
+    workers take cores from training itself, and two keep far ahead of it.
+    """
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if torch.cuda.is_available():
+        return max(1, min(16, usable // torch.cuda.device_count() - 1))
+    return min(2, usable)
+
+
 class SmearDataModule(L.LightningDataModule):
     """Blood smear images from a folder, pre-split folders, a CSV manifest or the synthetic generator."""
 
@@ -95,7 +108,7 @@ class SmearDataModule(L.LightningDataModule):
         self.on_bad_file = on_bad_file
         self.cache_images = cache_images
         self.batch_size = batch_size
-        self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.weighted_sampler = weighted_sampler
         self.max_pixels = max_pixels
         self.citation = citation

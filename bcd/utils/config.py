@@ -28,6 +28,8 @@ def check_config(cfg: DictConfig) -> None:
         )
     if cfg.task.name not in ("multiclass", "binary"):
         raise ConfigError(f"task: {cfg.task.name!r} is not one of ['multiclass', 'binary']")
+    if cfg.get("test_checkpoint", "best") not in ("best", "last"):
+        raise ConfigError(f"test_checkpoint: {cfg.test_checkpoint!r} is not one of ['best', 'last']")
 
 
 def to_plain(node: Any) -> Any:

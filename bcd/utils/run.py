@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import wandb
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -74,5 +73,8 @@ def finishing(loggers: list[Logger]) -> Iterator[None]:
         failed = True
         raise
     finally:
-        if any(isinstance(logger, WandbLogger) for logger in loggers) and wandb.run is not None:
-            wandb.finish(exit_code=1 if failed else 0)
+        if any(isinstance(logger, WandbLogger) for logger in loggers):
+            import wandb  # only runs that log to W&B pay for importing it
+
+            if wandb.run is not None:
+                wandb.finish(exit_code=1 if failed else 0)
