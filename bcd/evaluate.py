@@ -46,7 +46,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     device = pick_device(cfg.accelerator)
     splits = ["train", "val", "test"] if cfg.split == "all" else [cfg.split]
-    predicted = {s: predict_logits(model, datamodule.loader(s), device) for s in {*splits, "val"}
+    predicted = {s: predict_logits(model, datamodule.loader(s), device, cfg.tta) for s in {*splits, "val"}
                  if datamodule.split_samples(s)}
     if not all(s in predicted for s in splits):
         raise ValueError(f"split: the {cfg.split} split of this dataset is empty; choose split=test|val|train|all")
@@ -65,6 +65,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             loader_options={"batch_size": cfg.batch_size, "num_workers": datamodule.num_workers}, device=device,
             bootstrap_options={"class_names": datamodule.class_names, "positive_classes": positive,
                                "n_boot": cfg.n_boot, "ci": cfg.ci, "seed": cfg.seed},
+            tta=cfg.tta,
         )
     else:
         result_shift = None
@@ -75,6 +76,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "run_dir": str(run.run_dir),
         "split": cfg.split,
         "n_images": len(targets),
+        "tta": cfg.tta,
         # the method that made the run's split (reading its manifest back cannot tell), else the given data's
         "split_method": (None if cfg.get("dataset") else run.summary.get("dataset", {}).get("split_method"))
         or datamodule.split_method,

@@ -22,7 +22,7 @@ from bcd.data.dataset import resize_square
 from bcd.data.decode import IMAGE_EXTENSIONS, UnreadableImageError, read_rgb
 from bcd.data.sources import list_images
 from bcd.models.classifier import Classifier, load_classifier
-from bcd.models.inference import pick_device
+from bcd.models.inference import dihedral_views, pick_device
 from bcd.models.onnx_runner import OnnxRunner
 from bcd.reporting.gradcam import SHEET_MAX_IMAGES, gradcam, save_overlay, write_contact_sheet
 from bcd.reporting.stats import energy_score, softmax_with_temperature
@@ -101,12 +101,6 @@ def csv_paths(csv_file: Path) -> list[Path]:
     if not paths:
         raise ValueError(f"inputs: {csv_file} lists no images in its path column; {INPUTS_HINT}")
     return paths
-
-
-def dihedral_views(images: np.ndarray) -> list[np.ndarray]:
-    """The 8 flips and 90-degree rotations of a square NCHW batch (the identity first)."""
-    rotations = [np.rot90(images, k, axes=(2, 3)) for k in range(4)]
-    return rotations + [np.flip(rotated, axis=3) for rotated in rotations]
 
 
 def score(runner: Runner, images: np.ndarray, tta: bool, temperature: float | None) -> tuple[np.ndarray, np.ndarray]:

@@ -92,3 +92,30 @@ def test_evaluate_from_the_command_line(trained: dict, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     (report_dir,) = (tmp_path / "outputs" / "evaluate" / "runs").iterdir()
     assert (report_dir / "report.md").is_file() and (report_dir / "MODEL_CARD.md").is_file()
+
+
+def test_tta_scores_every_orientation_alike(trained: dict, tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from bcd.models.classifier import load_classifier
+    from bcd.models.inference import predict_logits
+
+    model = load_classifier(trained["checkpoints"]["best"])
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (6, 3, 48, 48), dtype=np.uint8))
+    turned = torch.rot90(images, 1, dims=(2, 3)).flip(3)  # another of the 8 views of each image
+    targets = torch.zeros(6, dtype=torch.long)
+
+    def logits(batch: torch.Tensor, tta: bool) -> np.ndarray:
+        return predict_logits(model, DataLoader(TensorDataset(batch, targets), batch_size=4), torch.device("cpu"), tta)[0]
+
+    # the 8 views of an image and of its turned copy are the same set: TTA scores them alike, plain scoring not
+    assert np.allclose(logits(images, True), logits(turned, True), atol=1e-5)
+    assert not np.allclose(logits(images, False), logits(turned, False), atol=1e-5)
+    assert np.allclose(np.exp(logits(images, True)).sum(1), 1.0, atol=1e-5)  # log of mean probabilities
+
+    result, out = run_evaluate(tmp_path, f"ckpt_path={trained['checkpoints']['last']}", "tta=true", "wandb=false",
+                               "shift.strengths=[0.15]")
+    assert result["tta"] is True and "Test-time augmentation" in (out / "report.md").read_text()
+    assert 0.0 <= result["robust_acc"]["value"] <= 1.0

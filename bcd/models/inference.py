@@ -16,13 +16,30 @@ def pick_device(accelerator: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def dihedral_views(images: np.ndarray) -> list[np.ndarray]:
+    """The 8 flips and 90-degree rotations of a square NCHW batch (the identity first)."""
+    rotations = [np.rot90(images, k, axes=(2, 3)) for k in range(4)]
+    return rotations + [np.flip(rotated, axis=3) for rotated in rotations]
+
+
 @torch.inference_mode()
-def predict_logits(model: Classifier, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class logits (N, C) and targets (N,) for every item of the loader, in loader order."""
+def predict_logits(
+    model: Classifier, loader: DataLoader, device: torch.device, tta: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class logits (N, C) and targets (N,) for every item of the loader, in loader order.
+
+    With tta, each image is scored in its 8 dihedral views (cells have no orientation) and the logits are
+    the log of the mean probability, as bcd.predict's tta=true averages them.
+    """
     model.eval().to(device)
     logits, targets = [], []
     for images, batch_targets in loader:
-        output = model(images.to(device, non_blocking=True))
-        logits.append(model.class_logits(output).cpu())
+        if tta:
+            views = [torch.from_numpy(np.ascontiguousarray(v)) for v in dihedral_views(images.numpy())]
+            probabilities = [model.class_logits(model(v.to(device, non_blocking=True))).float().softmax(1) for v in views]
+            logits.append(torch.stack(probabilities).mean(0).log().cpu())
+        else:
+            output = model(images.to(device, non_blocking=True))
+            logits.append(model.class_logits(output).cpu())
         targets.append(batch_targets)
     return torch.cat(logits).numpy().astype(np.float64), torch.cat(targets).numpy()

@@ -146,6 +146,8 @@ def write_report(
         f"- Checkpoint: `{run.checkpoint}`",
         f"- Split: **{result['split']}**, {result['n_images']} images, split method **{result['split_method']}**; "
         f"{level} confidence intervals from {result['n_boot']} bootstrap resamples of the images.",
+        *(["- Test-time augmentation: each image scored in its 8 flips and 90-degree rotations, probabilities "
+           "averaged (`tta=true`, as `bcd.predict tta=true`)."] if result.get("tta") else []),
         "",
         "## Headline metrics",
         "",

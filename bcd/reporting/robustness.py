@@ -28,6 +28,7 @@ def evaluate_shifts(
     loader_options: Mapping[str, Any],
     device: torch.device,
     bootstrap_options: Mapping[str, Any],
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Accuracy and macro-F1 (with CIs) for every shift kind and strength; strength 0 is the plain evaluation."""
     rows = []
@@ -35,7 +36,7 @@ def evaluate_shifts(
         rows.append({"kind": kind, "strength": 0.0, **{m: plain[m].as_dict() for m in SHIFT_METRICS}})
         for strength in shift["strengths"]:
             images = ShiftedImages(paths, targets.tolist(), img_size, kind, strength, shift["seed"])
-            logits, _ = predict_logits(model, DataLoader(images, **loader_options), device)
+            logits, _ = predict_logits(model, DataLoader(images, **loader_options), device, tta)
             estimates = stats.bootstrap(stats.softmax_with_temperature(logits), targets, **bootstrap_options)
             rows.append({"kind": kind, "strength": float(strength), **{m: estimates[m].as_dict() for m in SHIFT_METRICS}})
     result: dict[str, Any] = {"seed": shift["seed"], "rows": rows}
