@@ -23,6 +23,7 @@ from bcd.models.backbone import input_size
 from bcd.models.classifier import Classifier, load_classifier
 from bcd.utils.allocator import active_allocator, log_allocator, use_fast_allocator
 from bcd.utils.config import check_config, instantiate_dict, to_plain
+from bcd.utils.ema import EMAWeights
 from bcd.utils.run import (
     command_line,
     ensure_new_run_dir,
@@ -68,6 +69,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     loggers = instantiate_dict(cfg.logger)
     callbacks = instantiate_dict(cfg.callbacks)
+    if cfg.ema_epochs:  # the averaged weights are what validation, checkpoints and test see
+        callbacks.append(EMAWeights(cfg.ema_epochs))
     if not loggers:  # Lightning refuses a learning-rate monitor with nowhere to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

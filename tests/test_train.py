@@ -87,9 +87,10 @@ def test_loss_must_fit_the_task(train_run) -> None:
 CRASH_AT_EPOCH_1 = ["+callbacks.crash._target_=tests.crash.CrashAtEpoch", "+callbacks.crash.epoch=1"]
 
 
-def test_resume_reaches_the_same_end_state(train_run, tmp_path: Path) -> None:
+@pytest.mark.parametrize("averaging", [[], ["ema_epochs=1"]], ids=["raw", "ema"])
+def test_resume_reaches_the_same_end_state(train_run, tmp_path: Path, averaging: list[str]) -> None:
     """A run killed after epoch 1 and resumed from its last.ckpt ends where an uninterrupted run ends."""
-    common = ["trainer.max_epochs=2", "callbacks.early_stopping=null", "dataset.num_workers=1"]
+    common = ["trainer.max_epochs=2", "callbacks.early_stopping=null", "dataset.num_workers=1", *averaging]
     full = train_run(*common)
     with pytest.raises(SimulatedCrash):
         train_run(*common, *CRASH_AT_EPOCH_1)
@@ -104,6 +105,11 @@ def test_resume_reaches_the_same_end_state(train_run, tmp_path: Path) -> None:
     last_resumed = torch.load(resumed["checkpoints"]["last"], weights_only=True)["state_dict"]
     for key, value in last_full.items():
         torch.testing.assert_close(last_resumed[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    if averaging:  # the raw weights resume too, not only the average
+        raw_full = torch.load(full["checkpoints"]["last"], weights_only=True)["current_model_state"]
+        raw_resumed = torch.load(resumed["checkpoints"]["last"], weights_only=True)["current_model_state"]
+        for key, value in raw_full.items():
+            torch.testing.assert_close(raw_resumed[key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
 def test_wandb_run_is_finished_when_training_crashes(train_run) -> None:

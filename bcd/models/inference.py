@@ -32,14 +32,16 @@ def predict_logits(
     the log of the mean probability, as bcd.predict's tta=true averages them.
     """
     model.eval().to(device)
+
+    def class_logits(images: torch.Tensor) -> torch.Tensor:
+        return model.class_logits(model(images.to(device, non_blocking=True))).float()
+
     logits, targets = [], []
     for images, batch_targets in loader:
         if tta:
-            views = [torch.from_numpy(np.ascontiguousarray(v)) for v in dihedral_views(images.numpy())]
-            probabilities = [model.class_logits(model(v.to(device, non_blocking=True))).float().softmax(1) for v in views]
-            logits.append(torch.stack(probabilities).mean(0).log().cpu())
+            views = (torch.from_numpy(np.ascontiguousarray(v)) for v in dihedral_views(images.numpy()))
+            logits.append(torch.stack([class_logits(v).softmax(1) for v in views]).mean(0).log().cpu())
         else:
-            output = model(images.to(device, non_blocking=True))
-            logits.append(model.class_logits(output).cpu())
+            logits.append(class_logits(images).cpu())
         targets.append(batch_targets)
     return torch.cat(logits).numpy().astype(np.float64), torch.cat(targets).numpy()
