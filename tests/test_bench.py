@@ -35,7 +35,7 @@ def _numbers(node: object) -> list[float]:
 def test_bench_writes_every_section(synthetic_cache: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench"
     overrides = [o for o in tiny_overrides(synthetic_cache) if not o.startswith("callbacks.")]
-    result = run_cli(["bcd.bench", *overrides, *TINY_BENCH, f"hydra.run.dir={out}"], cwd=tmp_path,
+    result = run_cli(["bcd.bench", *overrides, *TINY_BENCH, "bench.rounds=2", f"hydra.run.dir={out}"], cwd=tmp_path,
                      env={"BCD_ALLOCATOR": "auto"})
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "bench.json").read_text())
@@ -43,6 +43,12 @@ def test_bench_writes_every_section(synthetic_cache: Path, tmp_path: Path) -> No
     cpu = results["training"]["cpu"]
     for run in ("raw", "framework", "naive"):
         assert cpu[run]["images_per_s"] > 0, run
+    # two rounds of (bcd.train, raw loop, user loop) after the first raw loop; the target is their median
+    assert len(cpu["rounds"]) == 2 and len(cpu["raw"]["repeats"]) == 3 * 2
+    assert len(cpu["framework"]["repeats"]) == len(cpu["naive"]["repeats"]) == 2 * 2
+    ratios = [r["framework_vs_raw"] for r in cpu["rounds"]]
+    (target,) = [t for t in results["targets"] if t["target"] == "cpu: bcd.train / raw timm loop"]
+    assert target["value"] == pytest.approx(sum(ratios) / 2, abs=1e-3)
     assert results["loader"]["loader"]["1"]["images_per_s"] > 0
     assert results["loader"]["loader_cached"]["1"]["images_per_s"] > 0
     runtimes = results["inference"]["cpu"]["runtimes"]

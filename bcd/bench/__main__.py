@@ -1,8 +1,8 @@
 """Measure speed side by side in one process: `python -m bcd.bench [model=b0] [dataset.batch_size=32] ...`.
 
-The story: describe the machine; time a plain timm loop, the real bcd.train step, and the plain loop again
-(before and after, so load from other processes hits both alike); time a plain loop the way users run one;
-time the input pipeline; time inference runtimes; check issue 6's targets; write bench.json and bench.md.
+The story: describe the machine; time a plain timm loop, then `bench.rounds` times the real bcd.train step,
+the plain loop again (before and after, so load from other processes hits both alike) and a plain loop the
+way users run one; time the input pipeline; time inference runtimes; check issue 6's targets; write bench.json and bench.md.
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ from omegaconf import DictConfig, open_dict
 from bcd.bench.inference import inference_section
 from bcd.bench.loading import loader_section
 from bcd.bench.machine import describe_machine
-from bcd.bench.measure import rate_summary
 from bcd.bench.report import targets, write_markdown
-from bcd.bench.training import framework_training, naive_training, raw_training
+from bcd.bench.training import training_section
 from bcd.models.backbone import input_size
 from bcd.utils.allocator import log_allocator, use_fast_allocator
-from bcd.utils.config import check_config, to_plain
+from bcd.utils.config import ConfigError, check_config, to_plain
 from bcd.utils.run import command_line
 
 log = logging.getLogger(__name__)
@@ -45,6 +44,8 @@ def bench_devices(cfg: DictConfig) -> dict[str, str]:
 def bench(cfg: DictConfig) -> dict[str, Any]:
     """Run every section, write bench.json and bench.md to cfg.paths.output_dir and return the results."""
     check_config(cfg)
+    if isinstance(cfg.bench.rounds, bool) or not isinstance(cfg.bench.rounds, int) or cfg.bench.rounds < 1:
+        raise ConfigError(f"bench.rounds: {cfg.bench.rounds!r} is not a whole number of rounds >= 1")
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     with open_dict(cfg):
@@ -64,19 +65,15 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         "settings": {"model": cfg.model.name, "img_size": cfg.model.img_size, "batch_size": cfg.dataset.batch_size,
                      "dataset": cfg.dataset.name, "num_workers": datamodule.num_workers,
                      "cache_images": cfg.dataset.cache_images, "precision": devices,
-                     "channels_last": cfg.model.channels_last, "timing": to_plain(cfg.bench.timing)},
+                     "channels_last": cfg.model.channels_last, "timing": to_plain(cfg.bench.timing),
+                     "rounds": cfg.bench.rounds},
         "training": {}, "inference": {},
     }
     for device, precision in devices.items():
-        log.info("training on %s: raw timm loop, bcd.train, raw timm loop again", device)
-        before = raw_training(cfg, n_classes, device, precision)
-        framework = framework_training(cfg, out / f"framework-{device}", device, precision)
-        after = raw_training(cfg, n_classes, device, precision)
-        raw = {**before, **rate_summary(before["repeats"] + after["repeats"])}
-        results["training"][device] = {"raw": raw, "framework": framework}
-    if cfg.bench.naive and "cpu" in devices:
-        log.info("training on cpu: the plain loop as users run it, in its own process")
-        results["training"]["cpu"]["naive"] = naive_training(cfg, n_classes)
+        log.info("training on %s: raw timm loop, then %d x (bcd.train, raw timm loop%s)", device, cfg.bench.rounds,
+                 ", the plain loop as users run it" if device == "cpu" and cfg.bench.naive else "")
+        results["training"][device] = training_section(cfg, n_classes, device, precision, out,
+                                                       naive=device == "cpu" and cfg.bench.naive)
     log.info("input pipeline")
     results["loader"] = loader_section(cfg, datamodule)
     for device, precision in devices.items():

@@ -166,3 +166,36 @@ def framework_training(cfg: DictConfig, out_dir: Path, device: str, precision: s
         rates.append(timing.steps * batch / (times[start + timing.steps] - times[start]))
     record.update(rate_summary(rates))
     return record
+
+
+def _pooled(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first record with its rate replaced by the median over every repeat of all of them."""
+    return {**records[0], **rate_summary([rate for record in records for rate in record["repeats"]])}
+
+
+def training_section(cfg: DictConfig, n_classes: int, device: str, precision: str, out_dir: Path,
+                     naive: bool) -> dict[str, Any]:
+    """The raw loop, then `bench.rounds` x (bcd.train, the raw loop again[, the user loop]).
+
+    Each bcd.train run is compared with the raw loops just before and after it, so a machine that slows
+    down for a minute hits both sides of one ratio; the targets take the median ratio over the rounds.
+    """
+    rounds = cfg.bench.rounds
+    raws, frameworks, naives, ratios = [raw_training(cfg, n_classes, device, precision)], [], [], []
+    for k in range(rounds):
+        suffix = f"-{k + 1}" if rounds > 1 else ""
+        frameworks.append(framework_training(cfg, out_dir / f"framework-{device}{suffix}", device, precision))
+        raws.append(raw_training(cfg, n_classes, device, precision))
+        framework, raw = frameworks[-1]["images_per_s"], _pooled(raws[-2:])["images_per_s"]
+        ratio = {"framework": framework, "raw": raw, "framework_vs_raw": round(framework / raw, 3)}
+        if naive:
+            naives.append(naive_training(cfg, n_classes))
+            if "error" not in naives[-1]:
+                user = naives[-1]["images_per_s"]
+                ratio.update(naive=user, framework_vs_naive=round(framework / user, 3))
+        ratios.append(ratio)
+    section = {"raw": _pooled(raws), "framework": _pooled(frameworks), "rounds": ratios}
+    if naives:
+        succeeded = [record for record in naives if "error" not in record]
+        section["naive"] = _pooled(succeeded) if succeeded else naives[0]
+    return section
