@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from bcd.models.classifier import load_classifier
 from bcd.models.inference import pick_device, predict_logits
+from bcd.models.tta import resolve_tta
 from bcd.reporting import stats
 from bcd.reporting.figures import write_figures
 from bcd.reporting.plots import plot_shift_curves
@@ -35,6 +36,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ensure_new_run_dir(out)
     run = TrainedRun.from_checkpoint(cfg.ckpt_path)
     model = load_classifier(run.checkpoint)
+    tta = resolve_tta(cfg.tta, model.hparams)
     dataset_cfg = cfg.dataset if cfg.get("dataset") else evaluation_dataset_config(run)
     datamodule = instantiate(
         dataset_cfg, task=model.hparams.task, img_size=run.img_size(model.hparams["model"]), seed=cfg.seed,
@@ -46,7 +48,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     device = pick_device(cfg.accelerator)
     splits = ["train", "val", "test"] if cfg.split == "all" else [cfg.split]
-    predicted = {s: predict_logits(model, datamodule.loader(s), device, cfg.tta) for s in {*splits, "val"}
+    predicted = {s: predict_logits(model, datamodule.loader(s), device, tta) for s in {*splits, "val"}
                  if datamodule.split_samples(s)}
     if not all(s in predicted for s in splits):
         raise ValueError(f"split: the {cfg.split} split of this dataset is empty; choose split=test|val|train|all")
@@ -65,7 +67,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             loader_options={"batch_size": cfg.batch_size, "num_workers": datamodule.num_workers}, device=device,
             bootstrap_options={"class_names": datamodule.class_names, "positive_classes": positive,
                                "n_boot": cfg.n_boot, "ci": cfg.ci, "seed": cfg.seed},
-            tta=cfg.tta,
+            tta=tta,
         )
     else:
         result_shift = None
@@ -76,7 +78,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "run_dir": str(run.run_dir),
         "split": cfg.split,
         "n_images": len(targets),
-        "tta": cfg.tta,
+        "tta": tta,
         # the method that made the run's split (reading its manifest back cannot tell), else the given data's
         "split_method": (None if cfg.get("dataset") else run.summary.get("dataset", {}).get("split_method"))
         or datamodule.split_method,

@@ -22,8 +22,9 @@ from bcd.data.dataset import resize_square
 from bcd.data.decode import IMAGE_EXTENSIONS, UnreadableImageError, read_rgb
 from bcd.data.sources import list_images
 from bcd.models.classifier import Classifier, load_classifier
-from bcd.models.inference import dihedral_views, pick_device
+from bcd.models.inference import pick_device
 from bcd.models.onnx_runner import OnnxRunner
+from bcd.models.tta import dihedral_views, resolve_tta
 from bcd.reporting.gradcam import SHEET_MAX_IMAGES, gradcam, save_overlay, write_contact_sheet
 from bcd.reporting.stats import energy_score, softmax_with_temperature
 from bcd.reporting.trained_run import TrainedRun
@@ -105,7 +106,8 @@ def csv_paths(csv_file: Path) -> list[Path]:
 
 def score(runner: Runner, images: np.ndarray, tta: bool, temperature: float | None) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities softmax(logits / T) (N, C) and energy OOD scores -logsumexp(logits) (N,), TTA-averaged."""
-    logits = np.stack([runner.class_logits(view) for view in (dihedral_views(images) if tta else [images])])
+    views = [view.numpy() for view in dihedral_views(torch.from_numpy(images))] if tta else [images]
+    logits = np.stack([runner.class_logits(view) for view in views])
     probs = softmax_with_temperature(logits, temperature or 1.0).mean(axis=0)
     # the energy is measured without the temperature, as the OOD threshold was fitted
     energy = np.mean([energy_score(view_logits) for view_logits in logits], axis=0)
@@ -185,7 +187,8 @@ def write_rows(path: Path, rows: list[dict[str, Any]], class_names: list[str], w
 
 
 def prediction_summary(rows: list[dict[str, Any]], class_names: list[str], checkpoint: Path,
-                       calibration: dict[str, Any], calibration_file: Path | None, cfg: DictConfig) -> dict[str, Any]:
+                       calibration: dict[str, Any], calibration_file: Path | None, cfg: DictConfig,
+                       tta: bool) -> dict[str, Any]:
     """predict.json: counts per predicted class, abstentions, errors, and what the predictions depended on."""
     predicted = [row for row in rows if not row.get("error")]
     ood_threshold = (calibration.get("ood") or {}).get("threshold")
@@ -203,7 +206,7 @@ def prediction_summary(rows: list[dict[str, Any]], class_names: list[str], check
         "calibration": str(calibration_file) if calibration_file else None,
         "ood_threshold": ood_threshold,
         "abstain_below": cfg.abstain_below,
-        "tta": cfg.tta,
+        "tta": tta,
     }
 
 
@@ -223,6 +226,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     ensure_new_run_dir(out)
     run = TrainedRun.from_checkpoint(cfg.ckpt_path)
     model = load_classifier(run.checkpoint)
+    tta = resolve_tta(cfg.tta, model.hparams)
     device = pick_device(cfg.accelerator)
     runner = make_runner(cfg.runtime, model, device, cfg.onnx_path)
     paths = list_inputs(cfg.inputs)
@@ -233,7 +237,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                  "ood_score is reported but no image is flagged out of distribution")
     predictor = Predictor(
         runner=runner, model=model.eval().to(device), device=device,
-        img_size=run.img_size(model.hparams["model"]), max_pixels=cfg.max_pixels, tta=cfg.tta,
+        img_size=run.img_size(model.hparams["model"]), max_pixels=cfg.max_pixels, tta=tta,
         temperature=calibration.get("temperature"), ood_threshold=ood_threshold, abstain_below=cfg.abstain_below,
         colour_range=model.colour_range, gradcam_dir=out / "gradcam" if cfg.gradcam else None,
     )
@@ -246,7 +250,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if predictor.sheet:
         write_contact_sheet(out / "gradcam" / "contact_sheet.png", *zip(*predictor.sheet, strict=True))
 
-    summary = prediction_summary(rows, model.class_names, run.checkpoint, calibration, calibration_file, cfg)
+    summary = prediction_summary(rows, model.class_names, run.checkpoint, calibration, calibration_file, cfg, tta)
     if summary["errors"]:
         first = next(row for row in rows if row.get("error"))
         log.warning("%d of %d images could not be read and have no prediction (error column of %s), e.g. %s: %s",

@@ -66,6 +66,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         normalize=cfg.augmentation.normalize,
         colour_norm=to_plain(cfg.colour_norm),
         colour_range=colour_range([s.path for s in datamodule.split_samples("train")], max_pixels=datamodule.max_pixels),
+        tta=cfg.tta,
     )
     loggers = instantiate_dict(cfg.logger)
     callbacks = instantiate_dict(cfg.callbacks)
@@ -140,6 +141,7 @@ def run_summary(
         "test_confusion_matrix": tested.test_confusion,
         "checkpoints": {"best": _best_checkpoint(trainer), "last": _last_checkpoint(trainer)},
         "tested_checkpoint": cfg.test_checkpoint,
+        "tta": cfg.tta,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "n_params": sum(p.numel() for p in tested.parameters()),

@@ -119,3 +119,24 @@ def test_tta_scores_every_orientation_alike(trained: dict, tmp_path: Path) -> No
                                "shift.strengths=[0.15]")
     assert result["tta"] is True and "Test-time augmentation" in (out / "report.md").read_text()
     assert 0.0 <= result["robust_acc"]["value"] <= 1.0
+
+
+def test_a_run_trained_with_tta_is_tested_evaluated_and_predicted_with_it(train_run, synthetic_root: Path,
+                                                                           tmp_path: Path) -> None:
+    from tests.test_predict import run_predict
+
+    summary = train_run("tta=true")
+    assert summary["tta"] is True
+    for name in ("default", "single"):
+        (tmp_path / name).mkdir()
+    best = summary["checkpoints"]["best"]
+    # bcd.evaluate's default (tta=null) follows the checkpoint, and its numbers are the ones the run's test gave
+    result, _ = run_evaluate(tmp_path / "default", f"ckpt_path={best}", "wandb=false", "shift.strengths=[0.15]")
+    assert result["tta"] is True
+    assert result["metrics"]["acc"]["value"] == pytest.approx(summary["metrics"]["test"]["test/acc"], abs=1e-6)
+    assert result["metrics"]["macro_f1"]["value"] == pytest.approx(summary["metrics"]["test"]["test/macro_f1"],
+                                                                   abs=1e-6)
+    single, _ = run_evaluate(tmp_path / "single", f"ckpt_path={best}", "wandb=false", "tta=false", "shift=none")
+    assert single["tta"] is False
+    predicted, _, _ = run_predict(tmp_path, f"ckpt_path={best}", f"inputs={synthetic_root}")
+    assert predicted["tta"] is True

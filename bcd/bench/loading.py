@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,13 +45,13 @@ def to_chw_tensor(image: np.ndarray) -> torch.Tensor:
 
 def loader_rate(datamodule: SmearDataModule, dataset: SmearDataset, workers: int, timing: dict[str, int]) -> dict:
     """Images/s of the datamodule's own loader over `dataset` with `workers` worker processes."""
-    batch = datamodule.batch_size
+    timed = copy.copy(datamodule)  # the datamodule's own loader code on other settings; the original is untouched
+    timed.datasets = {**datamodule.datasets, "train": dataset}
+    timed.num_workers = workers
     # a smaller batch where the images would not give every worker two batches (else some workers sit idle)
-    datamodule.batch_size = min(batch, max(1, len(dataset) // (2 * workers)))
-    datamodule.datasets["train"], datamodule.num_workers = dataset, workers
-    loader = datamodule.loader("train")
-    record: dict[str, Any] = {"workers": workers, "batch_size": datamodule.batch_size}
-    datamodule.batch_size = batch
+    timed.batch_size = min(datamodule.batch_size, max(1, len(dataset) // (2 * workers)))
+    loader = timed.loader("train")
+    record: dict[str, Any] = {"workers": workers, "batch_size": timed.batch_size}
     with peak_memory(record):
         rates = []
         for repeat in range(1 + timing["repeats"]):  # the first pass starts the (persistent) workers

@@ -16,6 +16,7 @@ from bcd.metrics import ClassificationMetrics
 from bcd.models.backbone import backbone_data_config, build_network, set_backbone_frozen
 from bcd.models.colour_norm import build_colour_norm
 from bcd.models.schedulers import training_steps
+from bcd.models.tta import dihedral_views
 
 
 class Classifier(L.LightningModule):
@@ -38,6 +39,7 @@ class Classifier(L.LightningModule):
         normalize: str = "model",
         colour_norm: dict[str, Any] | None = None,
         colour_range: dict[str, list[float]] | None = None,
+        tta: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -111,12 +113,13 @@ class Classifier(L.LightningModule):
         return loss
 
     def _evaluate_batch(self, batch: tuple[torch.Tensor, torch.Tensor], loss_metric: MeanMetric,
-                        metrics: ClassificationMetrics) -> None:
-        """Accumulate loss and metrics for one validation or test batch."""
+                        metrics: ClassificationMetrics, tta: bool = False) -> None:
+        """Accumulate loss and metrics for one validation or test batch; with tta, probabilities are the mean
+        over the 8 dihedral views and the loss the mean of the views' losses."""
         images, targets = batch
-        logits = self(images)
-        loss_metric.update(self.loss_fn(logits, targets), weight=len(targets))
-        metrics.update(self.probabilities(logits), targets)
+        logits = [self(view) for view in (dihedral_views(images) if tta else [images])]
+        loss_metric.update(torch.stack([self.loss_fn(view, targets) for view in logits]).mean(), weight=len(targets))
+        metrics.update(torch.stack([self.probabilities(view) for view in logits]).mean(0), targets)
 
     def _log_epoch(self, prefix: str, loss_metric: MeanMetric, metrics: ClassificationMetrics) -> None:
         """Log loss and metrics computed over every image of the epoch (synchronised across ranks)."""
@@ -138,8 +141,8 @@ class Classifier(L.LightningModule):
         self._log_epoch("val", self.val_loss, self.val_metrics)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        """Accumulate test metrics."""
-        self._evaluate_batch(batch, self.test_loss, self.test_metrics)
+        """Accumulate test metrics (over the 8 dihedral views when the model was trained with tta=true)."""
+        self._evaluate_batch(batch, self.test_loss, self.test_metrics, tta=self.hparams.get("tta", False))
 
     def on_test_epoch_end(self) -> None:
         """Log test/... metrics and keep the confusion matrix for summary.json."""

@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bcd.models.classifier import Classifier
+from bcd.models.tta import dihedral_views
 
 
 def pick_device(accelerator: str = "auto") -> torch.device:
@@ -14,12 +15,6 @@ def pick_device(accelerator: str = "auto") -> torch.device:
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
-
-
-def dihedral_views(images: np.ndarray) -> list[np.ndarray]:
-    """The 8 flips and 90-degree rotations of a square NCHW batch (the identity first)."""
-    rotations = [np.rot90(images, k, axes=(2, 3)) for k in range(4)]
-    return rotations + [np.flip(rotated, axis=3) for rotated in rotations]
 
 
 @torch.inference_mode()
@@ -39,8 +34,7 @@ def predict_logits(
     logits, targets = [], []
     for images, batch_targets in loader:
         if tta:
-            views = (torch.from_numpy(np.ascontiguousarray(v)) for v in dihedral_views(images.numpy()))
-            logits.append(torch.stack([class_logits(v).softmax(1) for v in views]).mean(0).log().cpu())
+            logits.append(torch.stack([class_logits(v).softmax(1) for v in dihedral_views(images)]).mean(0).log().cpu())
         else:
             logits.append(class_logits(images).cpu())
         targets.append(batch_targets)

@@ -30,6 +30,8 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"task: {cfg.task.name!r} is not one of ['multiclass', 'binary']")
     if cfg.get("test_checkpoint", "best") not in ("best", "last"):
         raise ConfigError(f"test_checkpoint: {cfg.test_checkpoint!r} is not one of ['best', 'last']")
+    if not isinstance(cfg.get("tta", False), bool):
+        raise ConfigError(f"tta: {cfg.tta!r} is not true or false")
     ema_epochs = cfg.get("ema_epochs")
     if ema_epochs is not None and (isinstance(ema_epochs, bool) or not isinstance(ema_epochs, (int, float))
                                    or ema_epochs <= 0):
