@@ -65,4 +65,7 @@ def test_cpu_recipes_train_one_step(experiment: str, synthetic_root: Path, tmp_p
     cfg = compose_train([f"experiment={experiment}", f"dataset.root={synthetic_root}", *ONE_STEP,
                          f"paths.output_dir={out}"])
     assert cfg.dataset.name == "taleqani_all" and not cfg.model.pretrained
-    assert train(cfg)["global_step"] == 1
+    # both recipes are tested as their numbers in experiments/README.md were: the last checkpoint, 8 views
+    assert cfg.test_checkpoint == "last" and cfg.tta is True
+    summary = train(cfg)
+    assert summary["global_step"] == 1 and summary["tta"] is True
