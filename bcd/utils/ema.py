@@ -26,17 +26,21 @@ class EMAWeights(WeightAveraging):
             raise ValueError(f"ema_epochs must be a positive number of epochs, got {epochs!r}")
         self.epochs = float(epochs)
         self.decay = 0.0  # set in on_train_start, before the first update
-        super().__init__(avg_fn=self._average)
+        super().__init__(multi_avg_fn=self._average)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Turn the horizon in epochs into a decay per optimizer step."""
         steps_per_epoch = max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
         self.decay = 1.0 - 1.0 / max(1.0, self.epochs * steps_per_epoch)
 
-    def _average(self, averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
-        """One EMA step (tensor arithmetic: no host sync); integer buffers (BatchNorm's counter) take the current value."""
-        if not averaged.is_floating_point():
-            return current
-        updates = num_averaged.to(averaged.dtype)
-        decay = torch.clamp((1.0 + updates) / (10.0 + updates), max=self.decay)
-        return averaged + (current - averaged) * (1.0 - decay)
+    def _average(self, averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        """One EMA step for a group of tensors of one dtype, as one foreach kernel (not ~9 small ops per tensor);
+        integer buffers (BatchNorm's batch counter) take the current value."""
+        if not averaged[0].is_floating_point():
+            for average, value in zip(averaged, current, strict=True):
+                average.copy_(value)
+            return
+        # AveragedModel has just read its counter on the host (`n_averaged > 0`), so this adds no wait for the GPU
+        updates = float(num_averaged)
+        decay = min(self.decay, (1.0 + updates) / (10.0 + updates))
+        torch._foreach_lerp_(averaged, current, 1.0 - decay)
