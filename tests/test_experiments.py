@@ -73,12 +73,13 @@ def test_cpu_recipes_train_one_step(experiment: str, epochs: int, synthetic_root
     assert summary["global_step"] == 1 and summary["tta"] is True
 
 
-def test_plain_train_uses_the_colour_robust_remedies(synthetic_root: Path) -> None:
+def test_plain_train_uses_the_colour_robust_remedies() -> None:
     """`python -m bcd.train` with no overrides trains with the colour remedies that won on the real sample."""
     from omegaconf import OmegaConf
 
     default = compose_train([])
-    recipe = compose_train(["experiment=colour_robust", f"dataset.root={synthetic_root}"])
+    # composing reads no dataset.root (left ???), so no dataset is generated for this comparison
+    recipe = compose_train(["experiment=colour_robust"])
     assert default.colour_norm.name == "gray_world"
     assert "channel_gain" in default.augmentation.train and "hed" in default.augmentation.train
     for group in ("augmentation", "colour_norm"):
