@@ -17,32 +17,34 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from bcd.config.checks import check_config
+from bcd.config.files import compose
 from bcd.data.folds import assign_folds, write_fold_manifests, write_folds
+from bcd.evaluation.cv import PLAN, PREDICTIONS, check_finished, compare_runs, finished_fold
+from bcd.inference.runners import TorchRunner, pick_device, score_loader
+from bcd.inference.scores import score_images
+from bcd.inference.views import resolve_tta
 from bcd.models.backbone import input_size
 from bcd.models.classifier import load_classifier
-from bcd.models.inference import pick_device, predict_logits
-from bcd.reporting.cv_results import PLAN, PREDICTIONS, aggregate, check_finished, finished_fold
-from bcd.reporting.report import write_predictions
-from bcd.sweeps.study import hydra_value, on_one_device, override_key, train_in_subprocess
+from bcd.reporting.cv_report import write_cv_report
+from bcd.reporting.predictions import columns, score_rows, write_predictions
+from bcd.runs import command_line, write_json
 from bcd.train import train
-from bcd.utils.config import ConfigError, check_config
-from bcd.utils.run import command_line, write_json
+from bcd.tuning.study import hydra_value, on_one_device, override_key, train_in_subprocess
+from bcd.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 CV_KEYS = ("folds", "cv")
 IMAGE_LEVEL = "image-level"
 
 
 def compose_cv(overrides: Sequence[str]) -> DictConfig:
     """The config `python -m bcd.cv <overrides>` runs: the training config plus folds and cv.*."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="cv", overrides=list(overrides))
+    return compose("cv", overrides)
 
 
 def run_cv(argv: Sequence[str]) -> dict[str, Any] | None:
@@ -175,17 +177,17 @@ def run_fold(cv_dir: Path, fold: int, overrides: Sequence[str]) -> Path:
         summary = train_in_subprocess(
             [o for o in overrides if override_key(o).split(".")[0] not in CV_KEYS], fold_dir
         )
-    checkpoint = summary["checkpoints"]["best"] or summary["checkpoints"]["last"]
-    if not checkpoint:
+    if not summary.best_or_last:
         raise ConfigError(
             "callbacks.model_checkpoint: cross-validation predicts with the best checkpoint; keep it"
         )
-    write_fold_predictions(cfg, checkpoint, fold_dir / PREDICTIONS)
+    write_fold_predictions(cfg, summary.best_or_last, fold_dir / PREDICTIONS)
     return fold_dir
 
 
 def write_fold_predictions(cfg: DictConfig, checkpoint: str, path: Path) -> None:
-    """predictions.csv of a fold's test images (its held-out fold), predicted on one device."""
+    """predictions.csv of a fold's test images (its held-out fold), scored on one device as bcd.evaluate scores
+    them (with the views the run was tested with)."""
     model = load_classifier(checkpoint)
     # the manifest fixes the split, so the datamodule need not find duplicates or proxy groups again
     no_grouping = {"dedup": "none", **({"groups": None} if "groups" in cfg.dataset else {})}
@@ -193,12 +195,29 @@ def write_fold_predictions(cfg: DictConfig, checkpoint: str, path: Path) -> None
                              cache_images=False, **no_grouping)
     datamodule.prepare()
     datamodule.setup()
-    logits, targets = predict_logits(model, datamodule.loader("test"), pick_device(cfg.trainer.accelerator))
+    runner = TorchRunner(model, pick_device(cfg.trainer.accelerator))
+    logits, targets = score_loader(runner, datamodule.loader("test"), resolve_tta(None, model.hparams))
+    names = datamodule.class_names
+    rows = [{"path": sample.path, "split": sample.split, "true_label": names[target], **row}
+            for sample, target, row in zip(datamodule.split_samples("test"), targets,
+                                           score_rows(score_images(logits), names), strict=True)]
     scratch = path.with_name(f".{path.name}.{os.getpid()}")
-    write_predictions(
-        scratch, datamodule.split_samples("test"), ["test"], logits, targets, datamodule.class_names, None
-    )
+    write_predictions(scratch, rows, columns(names, ["path", "split", "true_label"]))
     os.replace(scratch, path)  # a predictions file means the fold is finished
+
+
+def aggregate(cv_dir: Path, run_dirs: Sequence[Path], cv: DictConfig) -> dict[str, Any]:
+    """cv.json and cv_report.md in cv_dir: per-fold, mean ± std and pooled metrics of every run dir."""
+    runs = compare_runs(run_dirs, cv)
+    result = {**runs[0], "compare": runs[1:]}
+    write_json(cv_dir / "cv.json", result)
+    write_cv_report(cv_dir / "cv_report.md", runs)
+    for run in runs:
+        pooled = run["pooled"]["macro_f1"]
+        log.info("%s: macro-F1 %.3f ± %.3f over folds, pooled %.3f [%.3f-%.3f]", run["split_method"],
+                 run["mean"]["macro_f1"], run["std"]["macro_f1"], *pooled.values())
+    log.info("CV report: %s", cv_dir / "cv_report.md")
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -15,16 +15,18 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import optuna
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from bcd.config.checks import check_config
+from bcd.config.files import compose
 from bcd.models.backbone import input_size
-from bcd.sweeps.pruning import pruning_overrides
-from bcd.sweeps.study import (
+from bcd.runs import RunSummary
+from bcd.train import train
+from bcd.tuning.pruning import pruning_overrides
+from bcd.tuning.study import (
     FINISHED,
     StopAfterFailures,
     hydra_value,
@@ -40,12 +42,10 @@ from bcd.sweeps.study import (
     suggest,
     train_in_subprocess,
 )
-from bcd.train import train
-from bcd.utils.config import ConfigError, check_config
+from bcd.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 SWEEP_KEYS = ("sweep", "report")
 
 
@@ -53,14 +53,12 @@ def compose_overrides(argv: Sequence[str]) -> tuple[DictConfig, list[str]]:
     """Split the command line into the sweep config (sweep=, sweep.*, report=) and every trial's overrides."""
     sweep_overrides = [arg for arg in argv if override_key(arg).split(".")[0] in SWEEP_KEYS]
     train_overrides = [arg for arg in argv if arg not in sweep_overrides]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="sweep", overrides=sweep_overrides), train_overrides
+    return compose("sweep", sweep_overrides), train_overrides
 
 
 def compose_train(overrides: Sequence[str]) -> DictConfig:
     """The training config that `python -m bcd.train <overrides>` would run."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
+    return compose("train", overrides)
 
 
 def run_sweep(cfg: DictConfig, train_overrides: Sequence[str]) -> optuna.Study:
@@ -95,7 +93,7 @@ def run_sweep(cfg: DictConfig, train_overrides: Sequence[str]) -> optuna.Study:
         best = study.best_trial
         log.info("best trial %d: %s=%.4f %s", best.number, sweep.metric, best.value, best.params)
     if cfg.report:
-        from bcd.sweeps.report import write_sweep_report
+        from bcd.reporting.sweep_report import write_sweep_report
 
         log.info("sweep report: %s", write_sweep_report(study, sweep_dir, sweep.metric, sweep.direction))
     return study
@@ -141,17 +139,17 @@ def run_trial(trial: optuna.Trial, sweep: DictConfig, space: dict, sweep_dir: Pa
         raise
     finally:
         trial.set_user_attr("duration_s", round(time.time() - started, 1))
-    trial.set_user_attr("n_params", summary["n_params"])
-    trial.set_user_attr("train_images_per_s", summary["train_images_per_s"])
-    for key, test_value in summary["metrics"]["test"].items():
+    trial.set_user_attr("n_params", summary.n_params)
+    trial.set_user_attr("train_images_per_s", summary.train_images_per_s)
+    for key, test_value in summary.metrics.test.items():
         if key.count("/") == 1:  # test/macro_f1 -> test_macro_f1; per-class metrics stay in summary.json
             trial.set_user_attr(key.replace("/", "_"), test_value)
     return value
 
 
-def final_metric(summary: dict[str, Any], metric: str) -> float:
+def final_metric(summary: RunSummary, metric: str) -> float:
     """The last epoch's value of sweep.metric from a run summary."""
-    final = summary["metrics"]["final"]
+    final = summary.metrics.final
     if metric not in final:
         raise ConfigError(f"sweep.metric: {metric!r} is not a metric of the run; choose from {sorted(final)}")
     return final[metric]

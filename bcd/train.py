@@ -9,41 +9,44 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
-import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
+from bcd.config.checks import check_config, instantiate_dict, to_plain
+from bcd.config.entry import entry_point
 from bcd.data.colour_range import colour_range
+from bcd.inference.testing import Tester
 from bcd.models.backbone import input_size
 from bcd.models.classifier import Classifier, load_classifier
-from bcd.utils.allocator import active_allocator, log_allocator, use_fast_allocator
-from bcd.utils.config import check_config, instantiate_dict, to_plain
-from bcd.utils.ema import EMAWeights
-from bcd.utils.run import (
+from bcd.runs import (
+    Checkpoints,
+    RunMetrics,
+    RunSummary,
+    claim_run_dir,
     command_line,
-    ensure_new_run_dir,
     finishing,
     is_main_process,
     library_versions,
     plain_metrics,
-    write_json,
 )
+from bcd.utils.allocator import active_allocator, log_allocator
+from bcd.utils.ema import EMAWeights
 
 log = logging.getLogger(__name__)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, test the chosen checkpoint (test_checkpoint) on one device and return (and write) the run summary."""
+def train(cfg: DictConfig) -> RunSummary | None:
+    """Fit, test the chosen checkpoint (test_checkpoint) on one device and return (and write) the run summary
+    (None in the other processes of a multi-GPU run)."""
     started = time.time()
     check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     if is_main_process():
-        ensure_new_run_dir(output_dir)
+        claim_run_dir(output_dir, cfg.dataset.root)
     L.seed_everything(cfg.seed, workers=True)
 
     img_size = input_size(cfg.model)
@@ -61,7 +64,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         model=to_plain(cfg.model),
         loss=to_plain(cfg.loss),
         optimizer=to_plain(cfg.optimizer),
-        scheduler=to_plain(cfg.scheduler) or None,
+        scheduler=to_plain(cfg.scheduler),
         class_weights=datamodule.class_weights,
         normalize=cfg.augmentation.normalize,
         colour_norm=to_plain(cfg.colour_norm),
@@ -82,17 +85,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         fitted = time.time()
         if trainer.global_rank != 0:
-            return {}
+            return None
         final_metrics = plain_metrics(trainer.callback_metrics)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # the other ranks are done; metrics below must not wait for them
             torch.distributed.destroy_process_group()
         chosen = _best_checkpoint(trainer) if cfg.test_checkpoint == "best" else _last_checkpoint(trainer)
         tested = load_classifier(chosen) if chosen else model  # no checkpoint saved: the weights in hand
-        test_metrics = test_on_one_device(cfg, tested, datamodule, loggers) if cfg.test else {}
+        test_metrics, confusion = test_on_one_device(cfg, tested, datamodule, loggers) if cfg.test else ({}, [])
         timings = {"prepare": prepared - started, "fit": fitted - prepared, "test": time.time() - fitted}
-        summary = run_summary(cfg, trainer, datamodule, tested, test_metrics, final_metrics, timings)
-        write_json(output_dir / "summary.json", summary)
+        summary = run_summary(cfg, trainer, datamodule, tested, test_metrics, confusion, final_metrics, timings)
+        summary.write(output_dir / "summary.json")
     log.info("test metrics: %s", {k: round(v, 4) for k, v in test_metrics.items() if k.count("/") == 1})
     log.info("run dir: %s", output_dir)
     return summary
@@ -100,11 +103,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def test_on_one_device(
     cfg: DictConfig, model: Classifier, datamodule: L.LightningDataModule, loggers: list
-) -> dict[str, float]:
-    """Test the model in this process alone, so no image is padded, duplicated or split across ranks."""
+) -> tuple[dict[str, float], list[list[int]]]:
+    """Test the model in this process alone, so no image is padded, duplicated or split across ranks; returns the
+    test metrics and the confusion matrix."""
     if not datamodule.split_samples("test"):
         log.warning("no test split (dataset.test_fraction=0 or no test/ folder): skipping the test")
-        return {}
+        return {}, []
     tester = L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=1,
@@ -115,8 +119,9 @@ def test_on_one_device(
         enable_progress_bar=False,
         default_root_dir=cfg.paths.output_dir,
     )
-    results = tester.test(model, datamodule=datamodule)
-    return plain_metrics(results[0])
+    module = Tester(model, tta=cfg.tta)
+    results = tester.test(module, datamodule=datamodule)
+    return plain_metrics(results[0]), module.confusion
 
 
 def run_summary(
@@ -125,37 +130,37 @@ def run_summary(
     datamodule: L.LightningDataModule,
     tested: Classifier,
     test_metrics: dict[str, float],
+    test_confusion: list[list[int]],
     final_metrics: dict[str, float],
     timings: dict[str, float],
-) -> dict[str, Any]:
+) -> RunSummary:
     """What summary.json records: results, where they came from, and how to reproduce them."""
-    return {
-        "run_dir": str(cfg.paths.output_dir),
-        "command": command_line(),
-        "task": cfg.task.name,
-        "model": cfg.model.name,
-        "img_size": datamodule.img_size,
-        "class_names": datamodule.class_names,
-        "dataset": datamodule.describe(),
-        "metrics": {"test": test_metrics, "final": final_metrics},
-        "test_confusion_matrix": tested.test_confusion,
-        "checkpoints": {"best": _best_checkpoint(trainer), "last": _last_checkpoint(trainer)},
-        "tested_checkpoint": cfg.test_checkpoint,
-        "tta": cfg.tta,
-        "epochs": trainer.current_epoch,
-        "global_step": trainer.global_step,
-        "n_params": sum(p.numel() for p in tested.parameters()),
-        # training images per second of fit time (validation included), for speed-vs-accuracy comparisons
-        "train_images_per_s": round(
+    return RunSummary(
+        run_dir=str(cfg.paths.output_dir),
+        command=command_line(),
+        task=cfg.task.name,
+        model=cfg.model.name,
+        img_size=datamodule.img_size,
+        class_names=datamodule.class_names,
+        dataset=datamodule.describe(),
+        metrics=RunMetrics(test=test_metrics, final=final_metrics),
+        test_confusion_matrix=test_confusion,
+        checkpoints=Checkpoints(best=_best_checkpoint(trainer), last=_last_checkpoint(trainer)),
+        tested_checkpoint=cfg.test_checkpoint,
+        tta=cfg.tta,
+        epochs=trainer.current_epoch,
+        global_step=trainer.global_step,
+        n_params=sum(p.numel() for p in tested.parameters()),
+        train_images_per_s=round(
             trainer.global_step * trainer.accumulate_grad_batches * datamodule.batch_size * trainer.world_size
             / max(timings["fit"], 1e-9),
             2,
         ),
-        "timings_s": {**{k: round(v, 2) for k, v in timings.items()}, "total": round(sum(timings.values()), 2)},
-        "seed": cfg.seed,
-        "allocator": active_allocator(),
-        "versions": library_versions(),
-    }
+        timings_s={**{k: round(v, 2) for k, v in timings.items()}, "total": round(sum(timings.values()), 2)},
+        seed=cfg.seed,
+        allocator=active_allocator(),
+        versions=library_versions(),
+    )
 
 
 def _best_checkpoint(trainer: L.Trainer) -> str:
@@ -169,14 +174,13 @@ def _last_checkpoint(trainer: L.Trainer) -> str:
     return latest[0] if latest else ""
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@entry_point("train", fast_allocator=True)
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns test macro-F1 so Hydra sweepers can optimise it."""
+    """`python -m bcd.train` and `bcd-train`; returns test macro-F1 so Hydra sweepers can optimise it."""
     log_allocator()
     summary = train(cfg)
-    return summary.get("metrics", {}).get("test", {}).get("test/macro_f1")
+    return summary.metrics.test.get("test/macro_f1") if summary else None
 
 
 if __name__ == "__main__":
-    use_fast_allocator()  # re-executes this command once, with tcmalloc/jemalloc or tuned glibc malloc
     main()

@@ -1,4 +1,4 @@
-"""Tests for bcd.data.audit: hashing, duplicate grouping, bad-file reasons and determinism."""
+"""Tests for bcd.data.integrity: hashing, duplicate grouping, bad-file reasons and determinism."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bcd.data.audit import FileAudit, audit_files, format_bad_files
 from bcd.data.decode import IMAGE_EXTENSIONS
+from bcd.data.integrity import FileAudit, audit_files, format_bad_files
 
 
 def _write_jpeg(path: Path, seed: int) -> Path:

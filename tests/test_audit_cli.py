@@ -1,4 +1,4 @@
-"""`python -m bcd.data.audit`: the report lists planted duplicates, a label conflict, the colour shortcut and the
+"""`python -m bcd.audit`: the report lists planted duplicates, a label conflict, the colour shortcut and the
 proxy groups, and is never written inside the dataset folder."""
 
 from __future__ import annotations
@@ -7,12 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from bcd.data.audit import run_audit
-from bcd.data.sources import DatasetError
-from tests.conftest import CONF, REPO, assert_png, run_cli
-from tests.planted_data import plant_duplicates, write_sessions
+from bcd.audit import run_audit
+from bcd.utils.errors import ConfigError
+from tests.helpers.checks import assert_png
+from tests.helpers.cli import run_cli
+from tests.helpers.configs import compose_config
+from tests.helpers.paths import REPO
+from tests.helpers.planted_data import plant_duplicates, write_sessions
 
 
 def test_audit_cli_reports_planted_duplicates_conflict_and_proxy_groups(tmp_path: Path) -> None:
@@ -21,7 +23,7 @@ def test_audit_cli_reports_planted_duplicates_conflict_and_proxy_groups(tmp_path
     planted = plant_duplicates(root)
     (root / "Pro" / "notes.txt").write_text("not an image")
     (root / "Pro" / "empty.jpg").write_bytes(b"")
-    result = run_cli(["bcd.data.audit", "dataset=folder", f"dataset.root={root}", "dataset.groups=proxy", "dataset.proxy_groups=4",
+    result = run_cli(["bcd.audit", "dataset=folder", f"dataset.root={root}", "dataset.groups=proxy", "dataset.proxy_groups=4",
                       f"paths.log_dir={tmp_path / 'runs'}"], cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     [out] = (tmp_path / "runs" / "audit" / "runs").iterdir()
@@ -52,8 +54,6 @@ def test_audit_cli_reports_planted_duplicates_conflict_and_proxy_groups(tmp_path
 def test_audit_refuses_to_write_inside_the_dataset_folder(tmp_path: Path) -> None:
     root = tmp_path / "images"
     write_sessions(root, per_session=2, sessions=2)
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="audit", overrides=["dataset=folder", f"dataset.root={root}",
-                                                      f"paths.output_dir={root / 'audit_run'}"])
-    with pytest.raises(DatasetError, match="inside dataset.root"):
+    cfg = compose_config("audit", ["dataset=folder", f"dataset.root={root}", f"paths.output_dir={root / 'audit_run'}"])
+    with pytest.raises(ConfigError, match="inside dataset.root"):
         run_audit(cfg)

@@ -14,7 +14,9 @@ import pytest
 from bcd.data.dataset import build_cache, load_image
 from bcd.data.decode import read_audited_rgb, read_rgb
 from bcd.utils.allocator import active_allocator, allocator_environment
-from tests.conftest import REPO, run_cli, tiny_overrides
+from tests.helpers.cli import run_cli
+from tests.helpers.configs import tiny_overrides
+from tests.helpers.paths import REPO
 
 TINY_BENCH = [
     "bench.timing.warmup=1", "bench.timing.steps=2", "bench.timing.repeats=2", "bench.loader_images=16",
@@ -130,7 +132,7 @@ def test_training_with_and_without_the_cache_gives_the_same_losses(train_run) ->
     common = ["trainer.log_every_n_steps=1", "dataset.num_workers=1"]
     plain = train_run(*common, "dataset.cache_images=false")
     cached = train_run(*common, "dataset.cache_images=true")
-    losses = [_first_epoch_losses(Path(s["run_dir"])) for s in (plain, cached)]
+    losses = [_first_epoch_losses(Path(s.run_dir)) for s in (plain, cached)]
     assert losses[0] and losses[0] == losses[1]
 
 

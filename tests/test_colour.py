@@ -28,10 +28,10 @@ from bcd.data.dataset import SmearDataset
 from bcd.data.decode import read_rgb
 from bcd.data.shifted import ShiftedImages
 from bcd.data.transforms import ColourShift
-from bcd.models.colour_norm import build_colour_norm, lab_to_rgb, rgb_to_lab
-from tests.conftest import IMG, compose_train, tiny_overrides
-from tests.test_export import run_export
-from tests.test_predict import run_predict
+from bcd.models.colour_norm import lab_to_rgb, rgb_to_lab
+from bcd.models.registry import build_named
+from tests.helpers.commands import run_export, run_predict
+from tests.helpers.configs import IMG, compose_train, tiny_overrides
 
 NORMS = {
     "gray_world": {},
@@ -123,7 +123,7 @@ def test_normalisation_brings_colour_shifted_copies_together(name: str, syntheti
     image = read_rgb(smear_paths(synthetic_root)[3])
     copies = [channel_gain(image, np.array(g)) for g in ([1.1, 0.9, 0.95], [0.9, 1.05, 1.1])]
     batch = torch.from_numpy(np.stack(copies).transpose(0, 3, 1, 2).copy()).float()
-    norm = build_colour_norm(name, **NORMS[name])
+    norm = build_named("colour_norm", {"name": name, **NORMS[name]}, "colour_norm")
 
     def relative_distance(pair: torch.Tensor) -> float:
         # distance between the copies, relative to the image's own contrast, so output scales compare
@@ -134,9 +134,9 @@ def test_normalisation_brings_colour_shifted_copies_together(name: str, syntheti
 
 def test_an_unknown_normalisation_is_refused() -> None:
     with pytest.raises(ValueError, match="colour_norm.name"):
-        build_colour_norm("macbeth")
+        build_named("colour_norm", {"name": "macbeth"}, "colour_norm")
     with pytest.raises(ValueError, match="colour_norm.quantile"):
-        build_colour_norm("quantile_balance", quantile=2.0)
+        build_named("colour_norm", {"name": "quantile_balance", "quantile": 2.0}, "colour_norm")
 
 
 def test_colour_range_flags_a_tinted_image_and_not_a_normal_one(synthetic_root: Path) -> None:
@@ -163,10 +163,10 @@ def normalised_run(tmp_path_factory: pytest.TempPathFactory, synthetic_cache: Pa
 def test_one_normalisation_in_training_evaluation_prediction_and_onnx(
     normalised_run: dict, synthetic_root: Path, tmp_path: Path
 ) -> None:
+    from bcd.inference.runners import OnnxRunner
     from bcd.models.classifier import load_classifier
-    from bcd.models.onnx_runner import OnnxRunner
 
-    ckpt = normalised_run["checkpoints"]["best"]
+    ckpt = normalised_run.checkpoints.best
     model = load_classifier(ckpt).eval()
     assert model.hparams.colour_norm["name"] == "quantile_balance"
     assert set(model.colour_range) == {"mean_red", "mean_green", "mean_blue", "red_to_blue"}
@@ -180,7 +180,8 @@ def test_one_normalisation_in_training_evaluation_prediction_and_onnx(
 
     export = run_export(tmp_path / "export", f"ckpt_path={ckpt}")
     assert export["parity"]["max_abs_diff_probs"] <= 1e-4
-    np.testing.assert_allclose(OnnxRunner(tmp_path / "export" / "model.onnx").class_logits(images), logits, atol=1e-4)
+    np.testing.assert_allclose(OnnxRunner(tmp_path / "export" / "model.onnx").class_logits(images).numpy(), logits,
+                               atol=1e-4)
 
     folder = tmp_path / "inputs"
     folder.mkdir()
@@ -201,7 +202,7 @@ def test_predict_warns_about_colours_outside_the_training_range(
     image = read_rgb(source)
     Image.fromarray(image).save(folder / "normal.png")
     Image.fromarray(channel_gain(image, np.array([1.0, 0.55, 0.55]))).save(folder / "tinted.png")
-    summary, rows, out = run_predict(tmp_path, f"ckpt_path={normalised_run['checkpoints']['best']}",
+    summary, rows, out = run_predict(tmp_path, f"ckpt_path={normalised_run.checkpoints.best}",
                                      f"inputs={folder}")
     by_name = {Path(row["path"]).name: row for row in rows}
     assert by_name["normal.png"]["colour_warning"] == ""
@@ -213,10 +214,10 @@ def test_predict_warns_about_colours_outside_the_training_range(
 
 def test_evaluate_reports_accuracy_under_colour_shifts(normalised_run: dict, tmp_path: Path) -> None:
     """Strength 0 reproduces the plain evaluation exactly; robust_acc is the ±15% channel-gain accuracy."""
-    from tests.test_evaluate import run_evaluate
+    from tests.helpers.commands import run_evaluate
 
     result, out = run_evaluate(
-        tmp_path, f"ckpt_path={normalised_run['checkpoints']['best']}", "shift.kinds=[channel_gain,hed]",
+        tmp_path, f"ckpt_path={normalised_run.checkpoints.best}", "shift.kinds=[channel_gain,hed]",
         "shift.strengths=[0.0,0.15]", "n_boot=50",
     )
     rows = {(r["kind"], r["strength"]): r for r in result["shift"]["rows"]}
@@ -232,7 +233,7 @@ def test_evaluate_reports_accuracy_under_colour_shifts(normalised_run: dict, tmp
     report = (out / "report.md").read_text()
     assert "Colour shifts" in report and (out / "colour_shift.png").is_file()
     # every number says what its split kept apart: the training run's split method, recorded in summary.json
-    assert normalised_run["dataset"]["split_method"] == result["split_method"] == "exact-dedup"
+    assert normalised_run.dataset["split_method"] == result["split_method"] == "exact-dedup"
     assert "exact-dedup split" in report and "exact-dedup split" in (out / "MODEL_CARD.md").read_text()
     with (out / "predictions.csv").open(newline="") as handle:
         assert len(list(csv.DictReader(handle))) == result["n_images"]
@@ -243,7 +244,7 @@ def test_every_normalisation_exports_to_onnx(name: str, tmp_path: Path) -> None:
     """Each normalisation runs in ONNX Runtime as in torch (it is part of every exported model)."""
     import onnxruntime
 
-    norm = build_colour_norm(name, **NORMS[name]).eval()
+    norm = build_named("colour_norm", {"name": name, **NORMS[name]}, "colour_norm").eval()
     images = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (2, 3, IMG, IMG))).float()
     path = tmp_path / f"{name}.onnx"
     torch.onnx.export(norm, (images,), path, input_names=["images"], output_names=["out"], dynamo=True)

@@ -8,9 +8,9 @@ import pytest
 import timm
 import torch
 
+from bcd.config.checks import to_plain
 from bcd.models.classifier import Classifier
-from bcd.utils.config import to_plain
-from tests.conftest import compose_train, tiny_overrides
+from tests.helpers.configs import compose_train, tiny_overrides
 
 NATIVE_SIZES = {"b0": 224, "b1": 240, "b2": 260, "b3": 300, "b4": 380, "b5": 456, "b6": 528, "b7": 600}
 
@@ -54,8 +54,8 @@ def test_logger_lists_and_none() -> None:
 )
 def test_option_combinations_train(train_run, overrides: list[str]) -> None:
     summary = train_run(*overrides, "trainer.max_epochs=2")
-    assert summary["epochs"] == 2
-    assert 0.0 <= summary["metrics"]["test"]["test/acc"] <= 1.0
+    assert summary.epochs == 2
+    assert 0.0 <= summary.metrics.test["test/acc"] <= 1.0
 
 
 def test_unit_normalisation_feeds_the_network_0_to_1(synthetic_cache: Path) -> None:

@@ -14,10 +14,11 @@ import pytest
 from bcd.cv import compose_cv, ensure_plan, run_cv
 from bcd.data.folds import assign_folds, fold_split, read_folds
 from bcd.data.sources import Sample
-from bcd.reporting.cv_report import read_predictions
-from bcd.reporting.stats import point_metrics
-from bcd.utils.config import ConfigError
-from tests.conftest import run_cli, tiny_overrides
+from bcd.evaluation.cv import read_predictions
+from bcd.models.metrics import point_metrics
+from bcd.utils.errors import ConfigError
+from tests.helpers.cli import run_cli
+from tests.helpers.configs import tiny_overrides
 
 CLASSES = ["Benign", "Early", "Pre", "Pro"]
 

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from bcd.utils.config import ConfigError
 from bcd.utils.ema import EMAWeights
+from bcd.utils.errors import ConfigError
 
 
 class Line(L.LightningModule):
@@ -55,10 +55,10 @@ def test_the_horizon_must_be_positive() -> None:
 
 def test_a_run_validates_saves_and_tests_the_average(train_run) -> None:
     summary = train_run("trainer.max_epochs=2", "ema_epochs=1")
-    last = torch.load(summary["checkpoints"]["last"], map_location="cpu", weights_only=True)
+    last = torch.load(summary.checkpoints.last, map_location="cpu", weights_only=True)
     average, current = last["state_dict"], last["current_model_state"]
     differ = [k for k, v in average.items() if v.is_floating_point() and not torch.equal(v, current[k])]
     assert differ, "the checkpoint's state_dict should hold the averaged weights, not the raw ones"
-    assert summary["metrics"]["test"]["test/loss"] > 0
+    assert summary.metrics.test["test/loss"] > 0
     with pytest.raises(ConfigError, match="ema_epochs"):
         train_run("ema_epochs=0")

@@ -7,17 +7,18 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from tests.conftest import CONF, run_cli
+from bcd.runs import RunSummary
+from tests.helpers.cli import run_cli
+from tests.helpers.commands import run_evaluate
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_cache: Path) -> dict:
+def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_cache: Path) -> RunSummary:
     """A tiny model trained for two epochs with W&B (offline) and CSV logging."""
     from bcd.train import train
-    from tests.conftest import compose_train, tiny_overrides
+    from tests.helpers.configs import compose_train, tiny_overrides
 
     out = tmp_path_factory.mktemp("trained")
     base = [o for o in tiny_overrides(synthetic_cache) if not o.startswith("logger=")]
@@ -25,27 +26,16 @@ def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_cache: Path) -> 
     return train(cfg)
 
 
-def run_evaluate(tmp_path: Path, *overrides: str) -> tuple[dict, Path]:
-    """bcd.evaluate.evaluate with the composed evaluate config, writing to a fresh dir."""
-    from bcd.evaluate import evaluate
-
-    out = tmp_path / "report"
-    out.mkdir()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="evaluate", overrides=[f"paths.output_dir={out}", "n_boot=200", *overrides])
-    return evaluate(cfg), out
-
-
-def test_evaluate_writes_the_whole_report(trained: dict, tmp_path: Path) -> None:
-    result, out = run_evaluate(tmp_path, f"ckpt_path={trained['checkpoints']['best']}")
-    n_test = sum(trained["dataset"]["counts"]["test"].values())
+def test_evaluate_writes_the_whole_report(trained: RunSummary, tmp_path: Path) -> None:
+    result, out = run_evaluate(tmp_path, f"ckpt_path={trained.checkpoints.best}")
+    n_test = sum(trained.dataset["counts"]["test"].values())
     assert result["n_images"] == n_test
     for name in ("acc", "balanced_acc", "macro_f1", "auroc", "sensitivity", "specificity", "f1/Benign"):
         estimate = result["metrics"][name]
         assert estimate["low"] <= estimate["value"] <= estimate["high"], name
     # the point estimate is the one training reported for the same checkpoint and split
-    assert result["metrics"]["acc"]["value"] == pytest.approx(trained["metrics"]["test"]["test/acc"], abs=1e-6)
-    assert result["metrics"]["macro_f1"]["value"] == pytest.approx(trained["metrics"]["test"]["test/macro_f1"], abs=1e-6)
+    assert result["metrics"]["acc"]["value"] == pytest.approx(trained.metrics.test["test/acc"], abs=1e-6)
+    assert result["metrics"]["macro_f1"]["value"] == pytest.approx(trained.metrics.test["test/macro_f1"], abs=1e-6)
     assert result["calibration"]["temperature"] > 0
     assert {"ece", "brier"} <= set(result["calibration"]["before"]) and result["calibration"]["after"]
 
@@ -53,11 +43,12 @@ def test_evaluate_writes_the_whole_report(trained: dict, tmp_path: Path) -> None
     assert saved["metrics"]["acc"] == result["metrics"]["acc"]
     fitted = json.loads((out / "calibration.json").read_text())
     assert fitted["temperature"] == result["calibration"]["temperature"]
-    assert fitted["ood"]["score"] == "energy" and fitted["ood"]["quantile"] == 0.95
-    best = Path(trained["checkpoints"]["best"])
+    assert fitted["score"] == "energy" and fitted["ood_quantile"] == 0.95 and fitted["tta"] is False
+    best = Path(trained.checkpoints.best)
     assert json.loads(best.with_name(f"{best.stem}.calibration.json").read_text()) == fitted
     rows = list(csv.DictReader((out / "predictions.csv").open()))
-    assert len(rows) == n_test and {"path", "true_label", "predicted_label", "prob_Pro"} <= set(rows[0])
+    assert len(rows) == n_test
+    assert {"path", "true_label", "predicted_label", "prob_Pro", "confidence", "ood_score", "ood", "abstain"} <= set(rows[0])
     report = (out / "report.md").read_text()
     assert "| Benign |" in report and "95% CI" in report and "ECE" in report
     card = (out / "MODEL_CARD.md").read_text()
@@ -70,14 +61,14 @@ def test_evaluate_writes_the_whole_report(trained: dict, tmp_path: Path) -> None
     assert len(list((out / "wandb").glob("offline-run-*"))) == 1
 
 
-def test_evaluate_a_new_dataset_on_all_images(trained: dict, image_folder: Path, tmp_path: Path) -> None:
-    overrides = [f"ckpt_path={trained['checkpoints']['last']}", "dataset=folder", f"dataset.root={image_folder}",
+def test_evaluate_a_new_dataset_on_all_images(trained: RunSummary, image_folder: Path, tmp_path: Path) -> None:
+    overrides = [f"ckpt_path={trained.checkpoints.last}", "dataset=folder", f"dataset.root={image_folder}",
                  "split=all", "wandb=false"]
     result, out = run_evaluate(tmp_path, *overrides)
     assert result["n_images"] == 48
     assert not (out / "wandb").exists()
     # a temperature fitted on other data is not stored as the checkpoint's own
-    last = Path(trained["checkpoints"]["last"])
+    last = Path(trained.checkpoints.last)
     assert not last.with_name(f"{last.stem}.calibration.json").exists()
 
 
@@ -87,35 +78,38 @@ def test_evaluate_refuses_a_missing_checkpoint(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_evaluate_from_the_command_line(trained: dict, tmp_path: Path) -> None:
-    result = run_cli(["bcd.evaluate", f"ckpt_path={trained['checkpoints']['best']}", "n_boot=100"], cwd=tmp_path)
+def test_evaluate_from_the_command_line(trained: RunSummary, tmp_path: Path) -> None:
+    result = run_cli(["bcd.evaluate", f"ckpt_path={trained.checkpoints.best}", "n_boot=100"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (report_dir,) = (tmp_path / "outputs" / "evaluate" / "runs").iterdir()
     assert (report_dir / "report.md").is_file() and (report_dir / "MODEL_CARD.md").is_file()
 
 
-def test_tta_scores_every_orientation_alike(trained: dict, tmp_path: Path) -> None:
+def test_tta_scores_every_orientation_alike(trained: RunSummary, tmp_path: Path) -> None:
     import numpy as np
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
+    from bcd.inference.runners import TorchRunner, score_loader
+    from bcd.inference.scores import probabilities
     from bcd.models.classifier import load_classifier
-    from bcd.models.inference import predict_logits
 
-    model = load_classifier(trained["checkpoints"]["best"])
+    model = load_classifier(trained.checkpoints.best)
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (6, 3, 48, 48), dtype=np.uint8))
     turned = torch.rot90(images, 1, dims=(2, 3)).flip(3)  # another of the 8 views of each image
     targets = torch.zeros(6, dtype=torch.long)
 
-    def logits(batch: torch.Tensor, tta: bool) -> np.ndarray:
-        return predict_logits(model, DataLoader(TensorDataset(batch, targets), batch_size=4), torch.device("cpu"), tta)[0]
+    def probs(batch: torch.Tensor, tta: bool) -> np.ndarray:
+        loader = DataLoader(TensorDataset(batch, targets), batch_size=4)
+        logits, _ = score_loader(TorchRunner(model, torch.device("cpu")), loader, tta)
+        assert logits.shape == (8 if tta else 1, 6, 4)  # one set of class logits per view
+        return probabilities(logits).numpy()
 
     # the 8 views of an image and of its turned copy are the same set: TTA scores them alike, plain scoring not
-    assert np.allclose(logits(images, True), logits(turned, True), atol=1e-5)
-    assert not np.allclose(logits(images, False), logits(turned, False), atol=1e-5)
-    assert np.allclose(np.exp(logits(images, True)).sum(1), 1.0, atol=1e-5)  # log of mean probabilities
+    assert np.allclose(probs(images, True), probs(turned, True), atol=1e-5)
+    assert not np.allclose(probs(images, False), probs(turned, False), atol=1e-5)
 
-    result, out = run_evaluate(tmp_path, f"ckpt_path={trained['checkpoints']['last']}", "tta=true", "wandb=false",
+    result, out = run_evaluate(tmp_path, f"ckpt_path={trained.checkpoints.last}", "tta=true", "wandb=false",
                                "shift.strengths=[0.15]")
     assert result["tta"] is True and "Test-time augmentation" in (out / "report.md").read_text()
     assert 0.0 <= result["robust_acc"]["value"] <= 1.0
@@ -123,18 +117,18 @@ def test_tta_scores_every_orientation_alike(trained: dict, tmp_path: Path) -> No
 
 def test_a_run_trained_with_tta_is_tested_evaluated_and_predicted_with_it(train_run, synthetic_root: Path,
                                                                            tmp_path: Path) -> None:
-    from tests.test_predict import run_predict
+    from tests.helpers.commands import run_predict
 
     summary = train_run("tta=true")
-    assert summary["tta"] is True
+    assert summary.tta is True
     for name in ("default", "single"):
         (tmp_path / name).mkdir()
-    best = summary["checkpoints"]["best"]
+    best = summary.checkpoints.best
     # bcd.evaluate's default (tta=null) follows the checkpoint, and its numbers are the ones the run's test gave
     result, _ = run_evaluate(tmp_path / "default", f"ckpt_path={best}", "wandb=false", "shift.strengths=[0.15]")
     assert result["tta"] is True
-    assert result["metrics"]["acc"]["value"] == pytest.approx(summary["metrics"]["test"]["test/acc"], abs=1e-6)
-    assert result["metrics"]["macro_f1"]["value"] == pytest.approx(summary["metrics"]["test"]["test/macro_f1"],
+    assert result["metrics"]["acc"]["value"] == pytest.approx(summary.metrics.test["test/acc"], abs=1e-6)
+    assert result["metrics"]["macro_f1"]["value"] == pytest.approx(summary.metrics.test["test/macro_f1"],
                                                                    abs=1e-6)
     single, _ = run_evaluate(tmp_path / "single", f"ckpt_path={best}", "wandb=false", "tta=false", "shift=none")
     assert single["tta"] is False

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bcd.models.backbone import build_network
-from tests.conftest import compose_train
+from tests.helpers.configs import compose_train
 
 ONE_STEP = [
     "model.pretrained=false", "model.img_size=64", "dataset.batch_size=4", "dataset.num_workers=0",
@@ -35,10 +35,10 @@ def test_paper_recipes_train_one_step_with_a_frozen_base(
     assert cfg.model.name.startswith("tf_efficientnet_b6") and cfg.model.freeze_backbone_epochs == 10
     assert cfg.augmentation.normalize == "unit" and cfg.optimizer.lr == 1e-4
     summary = train(cfg)
-    assert summary["global_step"] == 1
+    assert summary.global_step == 1
     expected = ["benign", "malignant"] if experiment.endswith("binary") else ["Benign", "Early", "Pre", "Pro"]
-    assert summary["class_names"] == expected
-    trained = torch.load(summary["checkpoints"]["last"], weights_only=True)["state_dict"]
+    assert summary.class_names == expected
+    trained = torch.load(summary.checkpoints.last, weights_only=True)["state_dict"]
     for key, value in torch.load(initial, weights_only=True).items():
         torch.testing.assert_close(trained[f"net.backbone.{key}"], value, msg=key)
     hidden = trained["net.head.1.weight"]
@@ -70,7 +70,7 @@ def test_cpu_recipes_train_one_step(experiment: str, epochs: int, synthetic_root
     # both recipes are tested as their numbers in experiments/README.md were: the last checkpoint, 8 views
     assert cfg.test_checkpoint == "last" and cfg.tta is True
     summary = train(cfg)
-    assert summary["global_step"] == 1 and summary["tta"] is True
+    assert summary.global_step == 1 and summary.tta is True
 
 
 def test_plain_train_uses_the_colour_robust_remedies() -> None:

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 
 from bcd.data.datamodule import SmearDataModule
 from bcd.data.samplers import EpochSampler
-from tests.conftest import compose_train, tiny_overrides
+from tests.helpers.configs import compose_train, tiny_overrides
 
 
 def make_presplit(source: Path, target: Path, with_val: bool) -> Path:

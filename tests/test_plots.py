@@ -15,7 +15,7 @@ from bcd.reporting.plots import (
     plot_roc_curves,
     plot_training_curves,
 )
-from tests.conftest import assert_png
+from tests.helpers.checks import assert_png
 
 CLASSES = ["benign", "early pre-B", "pre-B", "pro-B"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -10,18 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
 from torch import nn
 
-from tests.conftest import CONF, IMG, run_cli
+from bcd.runs import RunSummary
+from tests.helpers.cli import run_cli
+from tests.helpers.commands import run_predict
+from tests.helpers.configs import IMG
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_cache: Path) -> dict:
+def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_cache: Path) -> RunSummary:
     """A tiny model trained for one epoch with CSV logging."""
     from bcd.train import train
-    from tests.conftest import compose_train, tiny_overrides
+    from tests.helpers.configs import compose_train, tiny_overrides
 
     out = tmp_path_factory.mktemp("trained")
     return train(compose_train([*tiny_overrides(synthetic_cache), f"paths.output_dir={out}"]))
@@ -41,32 +42,18 @@ def new_images(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path) -
     return folder
 
 
-def run_predict(tmp_path: Path, *overrides: str) -> tuple[dict, list[dict], Path]:
-    """bcd.predict.predict with the composed predict config, writing to a fresh dir; (summary, rows, out dir)."""
-    from bcd.predict import predict
-
-    out = tmp_path / f"predict{len(list(tmp_path.glob('predict*')))}"
-    out.mkdir()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="predict", overrides=[f"paths.output_dir={out}", "accelerator=cpu", *overrides])
-    summary = predict(cfg)
-    with (out / "predictions.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return summary, rows, out
-
-
 def probabilities(row: dict) -> np.ndarray:
     """The prob_<class> columns of a row, in column order."""
     return np.array([float(v) for k, v in row.items() if k.startswith("prob_")])
 
 
-def test_predict_a_folder_with_a_corrupt_image(trained: dict, new_images: Path, tmp_path: Path) -> None:
-    summary, rows, out = run_predict(tmp_path, f"ckpt_path={trained['checkpoints']['best']}", f"inputs={new_images}")
+def test_predict_a_folder_with_a_corrupt_image(trained: RunSummary, new_images: Path, tmp_path: Path) -> None:
+    summary, rows, out = run_predict(tmp_path, f"ckpt_path={trained.checkpoints.best}", f"inputs={new_images}")
     assert len(rows) == 5 and summary["n_images"] == 5 and summary["errors"] == 1
     by_name = {Path(row["path"]).name: row for row in rows}
     broken = by_name["broken.jpg"]
     assert "corrupt" in broken["error"] and broken["predicted_label"] == "" and broken["prob_Benign"] == ""
-    assert by_name["cell.png"]["predicted_label"] in trained["class_names"] and by_name["cell.png"]["error"] == ""
+    assert by_name["cell.png"]["predicted_label"] in trained.class_names and by_name["cell.png"]["error"] == ""
     for row in rows:
         if not row["error"]:
             assert probabilities(row).sum() == pytest.approx(1.0, abs=1e-4)
@@ -77,21 +64,21 @@ def test_predict_a_folder_with_a_corrupt_image(trained: dict, new_images: Path, 
     assert saved["temperature"] is None and saved["errors"] == 1
 
 
-def test_abstain_below_makes_every_image_abstain(trained: dict, new_images: Path, tmp_path: Path) -> None:
-    summary, rows, _ = run_predict(tmp_path, f"ckpt_path={trained['checkpoints']['best']}", f"inputs={new_images}",
+def test_abstain_below_makes_every_image_abstain(trained: RunSummary, new_images: Path, tmp_path: Path) -> None:
+    summary, rows, _ = run_predict(tmp_path, f"ckpt_path={trained.checkpoints.best}", f"inputs={new_images}",
                                    "abstain_below=1.01")
     assert all(row["abstain"] == "True" for row in rows if not row["error"])
     assert summary["abstained"] == 4
 
 
-def test_calibration_file_next_to_the_checkpoint(trained: dict, new_images: Path, tmp_path: Path) -> None:
+def test_calibration_file_next_to_the_checkpoint(trained: RunSummary, new_images: Path, tmp_path: Path) -> None:
     """A <stem>.calibration.json beside the checkpoint sets the temperature and the OOD threshold."""
-    _, plain, _ = run_predict(tmp_path, f"ckpt_path={trained['checkpoints']['best']}", f"inputs={new_images}")
+    _, plain, _ = run_predict(tmp_path, f"ckpt_path={trained.checkpoints.best}", f"inputs={new_images}")
     energies = sorted(float(row["ood_score"]) for row in plain if not row["error"])
     threshold = (energies[1] + energies[2]) / 2
     # a checkpoint outside its run dir: the image size comes from the checkpoint's own model config
     checkpoint = tmp_path / "model.ckpt"
-    shutil.copy(trained["checkpoints"]["best"], checkpoint)
+    shutil.copy(trained.checkpoints.best, checkpoint)
     calibration = {"temperature": 2.0, "fitted_on": "val", "checkpoint": str(checkpoint),
                    "ood": {"score": "energy", "threshold": threshold, "quantile": 0.95, "fitted_on": "val"}}
     (tmp_path / "model.calibration.json").write_text(json.dumps(calibration))
@@ -110,18 +97,18 @@ def test_calibration_file_next_to_the_checkpoint(trained: dict, new_images: Path
         assert after["abstain"] == str(is_ood or float(after["confidence"]) < 0.5)
 
 
-def test_predict_a_csv_of_relative_paths(trained: dict, new_images: Path, tmp_path: Path) -> None:
+def test_predict_a_csv_of_relative_paths(trained: RunSummary, new_images: Path, tmp_path: Path) -> None:
     listing = new_images / "listing.csv"
     listing.write_text("path,note\ncell0.jpg,a\nmore/cell.png,b\n")
     try:
-        _, rows, _ = run_predict(tmp_path, f"ckpt_path={trained['checkpoints']['best']}", f"inputs={listing}")
+        _, rows, _ = run_predict(tmp_path, f"ckpt_path={trained.checkpoints.best}", f"inputs={listing}")
     finally:
         listing.unlink()
     assert [Path(row["path"]).name for row in rows] == ["cell0.jpg", "cell.png"]
     assert all(row["predicted_label"] and not row["error"] for row in rows)
 
 
-def test_tta_prediction_is_invariant_to_a_90_degree_rotation(trained: dict, synthetic_root: Path,
+def test_tta_prediction_is_invariant_to_a_90_degree_rotation(trained: RunSummary, synthetic_root: Path,
                                                              tmp_path: Path) -> None:
     source = sorted(synthetic_root.rglob("*.jpg"))[0]
     image = np.asarray(Image.open(source).convert("RGB").resize((IMG, IMG)))  # model size: no resampling
@@ -129,13 +116,13 @@ def test_tta_prediction_is_invariant_to_a_90_degree_rotation(trained: dict, synt
     folder.mkdir()
     Image.fromarray(image).save(folder / "a.png")
     Image.fromarray(np.ascontiguousarray(np.rot90(image))).save(folder / "b.png")
-    _, rows, _ = run_predict(tmp_path, f"ckpt_path={trained['checkpoints']['best']}", f"inputs={folder}", "tta=true")
+    _, rows, _ = run_predict(tmp_path, f"ckpt_path={trained.checkpoints.best}", f"inputs={folder}", "tta=true")
     assert probabilities(rows[0]) == pytest.approx(probabilities(rows[1]), abs=1e-5)
     assert float(rows[0]["ood_score"]) == pytest.approx(float(rows[1]["ood_score"]), abs=1e-5)
 
 
-def test_gradcam_writes_overlays_and_a_contact_sheet(trained: dict, new_images: Path, tmp_path: Path) -> None:
-    _, rows, out = run_predict(tmp_path, f"ckpt_path={trained['checkpoints']['best']}", f"inputs={new_images}",
+def test_gradcam_writes_overlays_and_a_contact_sheet(trained: RunSummary, new_images: Path, tmp_path: Path) -> None:
+    _, rows, out = run_predict(tmp_path, f"ckpt_path={trained.checkpoints.best}", f"inputs={new_images}",
                                "gradcam=true", "batch_size=2")
     readable = [row for row in rows if not row["error"]]
     assert all(row["gradcam"].startswith("gradcam/") for row in readable)
@@ -145,8 +132,8 @@ def test_gradcam_writes_overlays_and_a_contact_sheet(trained: dict, new_images: 
             assert image.format == "PNG" and image.width > 100 and image.height > 100, name
 
 
-def test_predict_explains_bad_inputs(trained: dict, tmp_path: Path) -> None:
-    ckpt = f"ckpt_path={trained['checkpoints']['best']}"
+def test_predict_explains_bad_inputs(trained: RunSummary, tmp_path: Path) -> None:
+    ckpt = f"ckpt_path={trained.checkpoints.best}"
     with pytest.raises(FileNotFoundError, match="inputs: .* does not exist"):
         run_predict(tmp_path, ckpt, f"inputs={tmp_path / 'nope'}")
     (tmp_path / "empty").mkdir()
@@ -184,7 +171,7 @@ class QuadrantNet(nn.Module):
 
 @pytest.mark.parametrize("quadrant", [(0, 0), (1, 1), (0, 1)])
 def test_gradcam_concentrates_on_the_class_evidence(quadrant: tuple[int, int]) -> None:
-    from bcd.reporting.gradcam import gradcam
+    from bcd.inference.gradcam import gradcam
 
     size = 32
     images = torch.zeros(2, 3, size, size)
@@ -198,11 +185,11 @@ def test_gradcam_concentrates_on_the_class_evidence(quadrant: tuple[int, int]) -
         assert heatmap[rows, cols].sum() / heatmap.sum() > 0.9
 
 
-def test_gradcam_of_the_trained_classifier(trained: dict) -> None:
+def test_gradcam_of_the_trained_classifier(trained: RunSummary) -> None:
+    from bcd.inference.gradcam import feature_layer, gradcam
     from bcd.models.classifier import load_classifier
-    from bcd.reporting.gradcam import feature_layer, gradcam
 
-    model = load_classifier(trained["checkpoints"]["best"])
+    model = load_classifier(trained.checkpoints.best)
     assert feature_layer(model) is model.net.backbone.bn2
     running_mean = model.net.backbone.bn2.running_mean.clone()
     images = torch.randint(0, 256, (3, 3, IMG, IMG), dtype=torch.uint8)
@@ -214,8 +201,8 @@ def test_gradcam_of_the_trained_classifier(trained: dict) -> None:
 
 
 @pytest.mark.slow
-def test_predict_from_the_command_line(trained: dict, new_images: Path, tmp_path: Path) -> None:
-    result = run_cli(["bcd.predict", f"ckpt_path={trained['checkpoints']['best']}", f"inputs={new_images}"],
+def test_predict_from_the_command_line(trained: RunSummary, new_images: Path, tmp_path: Path) -> None:
+    result = run_cli(["bcd.predict", f"ckpt_path={trained.checkpoints.best}", f"inputs={new_images}"],
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "outputs" / "predict" / "runs").iterdir()
@@ -223,12 +210,12 @@ def test_predict_from_the_command_line(trained: dict, new_images: Path, tmp_path
     assert "could not be read" in (run_dir / "predict.log").read_text()
 
 
-def test_predict_with_the_onnx_export_matches_torch(trained: dict, new_images: Path, tmp_path: Path) -> None:
-    from tests.test_export import run_export
+def test_predict_with_the_onnx_export_matches_torch(trained: RunSummary, new_images: Path, tmp_path: Path) -> None:
+    from tests.helpers.commands import run_export
 
     export_dir = tmp_path / "export"
-    run_export(export_dir, f"ckpt_path={trained['checkpoints']['best']}", "format=onnx")
-    common = [f"ckpt_path={trained['checkpoints']['best']}", f"inputs={new_images}", "tta=true"]
+    run_export(export_dir, f"ckpt_path={trained.checkpoints.best}", "format=onnx")
+    common = [f"ckpt_path={trained.checkpoints.best}", f"inputs={new_images}", "tta=true"]
     _, torch_rows, _ = run_predict(tmp_path, *common)
     summary, onnx_rows, _ = run_predict(tmp_path, *common, "runtime=onnx", f"onnx_path={export_dir / 'model.onnx'}")
     assert summary["runtime"] == "onnx" and summary["errors"] == 1
@@ -238,6 +225,6 @@ def test_predict_with_the_onnx_export_matches_torch(trained: dict, new_images: P
             np.testing.assert_allclose(probabilities(onnx_row), probabilities(torch_row), atol=1e-4)
 
 
-def test_runtime_onnx_needs_its_file(trained: dict, new_images: Path, tmp_path: Path) -> None:
+def test_runtime_onnx_needs_its_file(trained: RunSummary, new_images: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="onnx_path"):
-        run_predict(tmp_path, f"ckpt_path={trained['checkpoints']['best']}", f"inputs={new_images}", "runtime=onnx")
+        run_predict(tmp_path, f"ckpt_path={trained.checkpoints.best}", f"inputs={new_images}", "runtime=onnx")

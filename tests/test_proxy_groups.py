@@ -12,7 +12,7 @@ from bcd.data.datamodule import SmearDataModule
 from bcd.data.proxy_groups import proxy_group_ids
 from bcd.data.sources import Sample, scan_class_folders
 from bcd.data.splits import split_groups, split_method
-from tests.planted_data import write_sessions
+from tests.helpers.planted_data import write_sessions
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,10 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from bcd.sweep import compose_overrides, run_sweep
-from bcd.sweeps.study import make_storage, new_trial_dir, open_study, search_space, storage_url
-from bcd.utils.config import ConfigError
-from tests.conftest import run_cli, tiny_overrides
+from bcd.tuning.study import make_storage, new_trial_dir, open_study, search_space, storage_url
+from bcd.utils.errors import ConfigError
+from tests.helpers.cli import run_cli
+from tests.helpers.configs import tiny_overrides
 
 DROP_RATE_SPACE = ["~sweep.params", "+sweep.params={model:{drop_rate:{type:float,low:0.0,high:0.3}}}"]
 
@@ -208,7 +209,7 @@ def test_a_worker_that_loses_the_race_to_create_the_tables_tries_again(
     """Two workers on a fresh PostgreSQL database: one gets a duplicate-key error creating Optuna's tables."""
     import sqlalchemy.exc
 
-    from bcd.sweeps import study as study_module
+    from bcd.tuning import study as study_module
 
     real, calls = optuna.storages.RDBStorage, []
 

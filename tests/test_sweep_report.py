@@ -11,8 +11,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from bcd.sweeps.report import _pareto_front, write_sweep_report
-from tests.conftest import assert_png
+from bcd.reporting.sweep_report import _pareto_front, write_sweep_report
+from tests.helpers.checks import assert_png
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

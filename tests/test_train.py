@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from bcd.models.classifier import load_classifier
-from bcd.utils.config import ConfigError
-from tests.conftest import run_cli, run_dirs, tiny_overrides
-from tests.crash import SimulatedCrash
+from bcd.runs import RunSummary
+from bcd.utils.errors import ConfigError
+from tests.helpers.cli import run_cli, run_dirs
+from tests.helpers.configs import tiny_overrides
+from tests.helpers.crash import SimulatedCrash
 
 
 @pytest.mark.slow
@@ -27,21 +28,21 @@ def test_cli_run_dir_holds_everything(synthetic_cache: Path, tmp_path: Path) -> 
     assert list((run / "checkpoints").glob("best-epoch*.ckpt"))
     assert (run / "csv" / "metrics.csv").is_file()
     assert len(list((run / "wandb").glob("offline-run-*"))) == 1
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["command"].startswith("python -m bcd.train")
-    assert summary["class_names"] == ["Benign", "Early", "Pre", "Pro"]
-    assert 0.0 <= summary["metrics"]["test"]["test/acc"] <= 1.0
-    assert len(summary["test_confusion_matrix"]) == 4
-    assert summary["dataset"]["fingerprint"]
-    assert summary["versions"]["torch"] == torch.__version__.split("+")[0] or summary["versions"]["torch"]
+    summary = RunSummary.read(run / "summary.json")
+    assert summary.command.startswith("python -m bcd.train")
+    assert summary.class_names == ["Benign", "Early", "Pre", "Pro"]
+    assert 0.0 <= summary.metrics.test["test/acc"] <= 1.0
+    assert len(summary.test_confusion_matrix) == 4
+    assert summary.dataset["fingerprint"]
+    assert summary.versions["torch"] == torch.__version__.split("+")[0] or summary.versions["torch"]
 
 
 def test_checkpoints_load_with_weights_only(train_run) -> None:
     summary = train_run()
-    for path in summary["checkpoints"].values():
+    for path in (summary.checkpoints.best, summary.checkpoints.last):
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         assert checkpoint["hyper_parameters"]["class_names"] == ["Benign", "Early", "Pre", "Pro"]
-    model = load_classifier(summary["checkpoints"]["best"])
+    model = load_classifier(summary.checkpoints.best)
     assert model(torch.zeros(2, 3, 48, 48, dtype=torch.uint8)).shape == (2, 4)
 
 
@@ -51,9 +52,9 @@ def test_test_checkpoint_chooses_the_weights_that_are_tested(train_run) -> None:
                      "callbacks.model_checkpoint.mode=min"]
     best = train_run(*first_is_best)
     last = train_run(*first_is_best, "test_checkpoint=last")
-    assert (best["tested_checkpoint"], last["tested_checkpoint"]) == ("best", "last")
-    assert Path(best["checkpoints"]["best"]).name == "best-epoch000.ckpt"
-    assert best["metrics"]["test"]["test/loss"] != last["metrics"]["test"]["test/loss"]
+    assert (best.tested_checkpoint, last.tested_checkpoint) == ("best", "last")
+    assert Path(best.checkpoints.best).name == "best-epoch000.ckpt"
+    assert best.metrics.test["test/loss"] != last.metrics.test["test/loss"]
     with pytest.raises(ConfigError, match="test_checkpoint"):
         train_run("test_checkpoint=worst")
 
@@ -72,9 +73,9 @@ def test_test_checkpoint_chooses_the_weights_that_are_tested(train_run) -> None:
 def test_every_task_and_loss_trains(train_run, task: str, loss: str) -> None:
     extra = ["loss.weighted=true"] if loss in ("bce", "focal") else []
     summary = train_run(f"task={task}", f"loss={loss}", *extra, "model.head=mlp")
-    metrics = summary["metrics"]["test"]
+    metrics = summary.metrics.test
     expected = ["benign", "malignant"] if task == "binary" else ["Benign", "Early", "Pre", "Pro"]
-    assert summary["class_names"] == expected
+    assert summary.class_names == expected
     assert {f"test/f1/{name}" for name in expected} <= set(metrics)
     assert 0.0 <= metrics["test/macro_f1"] <= 1.0 and metrics["test/loss"] > 0
 
@@ -84,7 +85,7 @@ def test_loss_must_fit_the_task(train_run) -> None:
         train_run("task=binary", "loss=ce")
 
 
-CRASH_AT_EPOCH_1 = ["+callbacks.crash._target_=tests.crash.CrashAtEpoch", "+callbacks.crash.epoch=1"]
+CRASH_AT_EPOCH_1 = ["+callbacks.crash._target_=tests.helpers.crash.CrashAtEpoch", "+callbacks.crash.epoch=1"]
 
 
 @pytest.mark.parametrize("averaging", [[], ["ema_epochs=1"]], ids=["raw", "ema"])
@@ -96,18 +97,18 @@ def test_resume_reaches_the_same_end_state(train_run, tmp_path: Path, averaging:
         train_run(*common, *CRASH_AT_EPOCH_1)
     killed_last = next(tmp_path.glob("run1/checkpoints/last.ckpt"))
     resumed = train_run(*common, f"ckpt_path={killed_last}")
-    assert resumed["epochs"] == full["epochs"] == 2
-    assert resumed["global_step"] == full["global_step"]
-    final_full, final_resumed = full["metrics"]["final"], resumed["metrics"]["final"]
+    assert resumed.epochs == full.epochs == 2
+    assert resumed.global_step == full.global_step
+    final_full, final_resumed = full.metrics.final, resumed.metrics.final
     assert final_resumed["val/loss"] == pytest.approx(final_full["val/loss"], rel=1e-5)
     assert final_resumed["val/acc"] == final_full["val/acc"]
-    last_full = torch.load(full["checkpoints"]["last"], weights_only=True)["state_dict"]
-    last_resumed = torch.load(resumed["checkpoints"]["last"], weights_only=True)["state_dict"]
+    last_full = torch.load(full.checkpoints.last, weights_only=True)["state_dict"]
+    last_resumed = torch.load(resumed.checkpoints.last, weights_only=True)["state_dict"]
     for key, value in last_full.items():
         torch.testing.assert_close(last_resumed[key], value, rtol=1e-5, atol=1e-6, msg=key)
     if averaging:  # the raw weights resume too, not only the average
-        raw_full = torch.load(full["checkpoints"]["last"], weights_only=True)["current_model_state"]
-        raw_resumed = torch.load(resumed["checkpoints"]["last"], weights_only=True)["current_model_state"]
+        raw_full = torch.load(full.checkpoints.last, weights_only=True)["current_model_state"]
+        raw_resumed = torch.load(resumed.checkpoints.last, weights_only=True)["current_model_state"]
         for key, value in raw_full.items():
             torch.testing.assert_close(raw_resumed[key], value, rtol=1e-5, atol=1e-6, msg=key)
 
@@ -120,7 +121,7 @@ def test_wandb_run_is_finished_when_training_crashes(train_run) -> None:
     assert wandb.run is None
     # a second W&B run in the same process works
     summary = train_run("logger=wandb")
-    assert len(list((Path(summary["run_dir"]) / "wandb").glob("offline-run-*"))) == 1
+    assert len(list((Path(summary.run_dir) / "wandb").glob("offline-run-*"))) == 1
     assert wandb.run is None
 
 
@@ -130,7 +131,7 @@ def test_frozen_backbone_only_trains_the_head(train_run, tmp_path: Path) -> None
     weights = tmp_path / "init.pth"
     torch.save(timm.create_model("test_efficientnet", num_classes=0).state_dict(), weights)
     summary = train_run(f"model.weights_path={weights}", "model.freeze_backbone_epochs=1", "model.head=mlp")
-    trained = torch.load(summary["checkpoints"]["last"], weights_only=True)["state_dict"]
+    trained = torch.load(summary.checkpoints.last, weights_only=True)["state_dict"]
     initial = torch.load(weights, weights_only=True)
     for key, value in initial.items():
         torch.testing.assert_close(trained[f"net.backbone.{key}"], value, msg=key)
@@ -141,10 +142,10 @@ def test_frozen_backbone_only_trains_the_head(train_run, tmp_path: Path) -> None
 def test_weights_path_loads_a_file_the_test_saved(train_run, tmp_path: Path) -> None:
     """model.weights_path accepts a bcd checkpoint, e.g. to fine-tune an earlier run."""
     first = train_run()
-    second = train_run(f"model.weights_path={first['checkpoints']['last']}", "trainer.max_epochs=1")
-    assert second["metrics"]["test"]
+    second = train_run(f"model.weights_path={first.checkpoints.last}", "trainer.max_epochs=1")
+    assert second.metrics.test
 
 
 def test_debug_fast_preset(train_run) -> None:
     summary = train_run("debug=fast")
-    assert summary["global_step"] == 1
+    assert summary.global_step == 1

@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
@@ -23,10 +22,12 @@ from bcd.bench.loading import loader_section
 from bcd.bench.machine import describe_machine
 from bcd.bench.report import targets, write_markdown
 from bcd.bench.training import training_section
+from bcd.config.checks import check_config, to_plain
+from bcd.config.entry import entry_point
 from bcd.models.backbone import input_size
-from bcd.utils.allocator import log_allocator, use_fast_allocator
-from bcd.utils.config import ConfigError, check_config, to_plain
-from bcd.utils.run import command_line
+from bcd.runs import command_line
+from bcd.utils.allocator import log_allocator
+from bcd.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +89,13 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="bench")
+# the bench measures what bcd.train runs with, so it starts the same way (see bcd.utils.allocator)
+@entry_point("bench", fast_allocator=True)
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point."""
+    """`python -m bcd.bench` and `bcd-bench`."""
     log_allocator()
     bench(cfg)
 
 
 if __name__ == "__main__":
-    use_fast_allocator()  # the bench measures what bcd.train runs with (see bcd.utils.allocator)
     main()

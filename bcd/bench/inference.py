@@ -14,10 +14,10 @@ from omegaconf import DictConfig
 
 from bcd.bench.measure import median_rate, peak_memory
 from bcd.bench.training import AUTOCAST_DTYPES
-from bcd.export import ExportedClassifier, export_onnx
+from bcd.config.checks import to_plain
+from bcd.inference.export import ExportedClassifier, export_onnx
+from bcd.inference.runners import OnnxRunner
 from bcd.models.classifier import Classifier
-from bcd.models.onnx_runner import OnnxRunner
-from bcd.utils.config import to_plain
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def inference_section(cfg: DictConfig, class_names: list[str], device: str, prec
                 calls = max(1, cfg.bench.inference_images // batch)
                 timed = median_rate(lambda r=run, x=images, n=calls: [r(x) for _ in range(n)], calls * batch,
                                     timing.warmup, timing.repeats, device)
-                probabilities = torch.softmax(torch.from_numpy(run(images)).double(), dim=1).numpy()
+                probabilities = torch.softmax(torch.as_tensor(run(images)).double(), dim=1).numpy()
                 eager = eager_probabilities.setdefault(batch, probabilities)  # the first runtime is eager
                 timed["max_abs_diff_probs_vs_eager"] = float(np.abs(probabilities - eager).max())
                 record["batches"][str(batch)] = timed

@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
+from bcd.runs import library_versions
 from bcd.utils.allocator import active_allocator
-from bcd.utils.run import library_versions
 
 EXTRA_LIBRARIES = ("numpy", "pillow", "opencv-python-headless", "onnxruntime", "simplejpeg", "PyTurboJPEG")
 

@@ -15,11 +15,11 @@ from typing import Any
 import lightning as L
 import timm
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from bcd.bench.measure import median_rate, peak_memory, rate_summary, synchronize
-from bcd.utils.config import to_plain
+from bcd.config.checks import to_plain
+from bcd.models.registry import build_named
 
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
@@ -43,7 +43,7 @@ def plain_timm_training(
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-    opt = instantiate(optimizer)(params=net.parameters())
+    opt = build_named("optimizer", optimizer, "optimizer", net.parameters())
     dtype = AUTOCAST_DTYPES.get(precision)
 
     def steps() -> None:
@@ -63,12 +63,12 @@ def plain_timm_training(
 
 def optimizer_step_ms(net: torch.nn.Module, optimizer: dict[str, Any], device: str) -> dict[str, float]:
     """Milliseconds of one optimizer step as configured and with fused=True (Adam/AdamW: one kernel, not a loop)."""
-    variants = {"configured": optimizer, "fused": {**optimizer, "fused": True}}
+    variants = {"configured": optimizer, **({"fused": {**optimizer, "fused": True}} if "fused" in optimizer else {})}
     times = {}
     for name, config in variants.items():
         try:
-            opt = instantiate(config)(params=net.parameters())
-        except (TypeError, RuntimeError):  # an optimizer without a fused implementation
+            opt = build_named("optimizer", config, "optimizer", net.parameters())
+        except (TypeError, RuntimeError):  # no fused implementation on this device
             continue
         opt.step()  # creates the state
         synchronize(device)
@@ -94,7 +94,7 @@ def naive_training(cfg: DictConfig, n_classes: int) -> dict[str, Any]:
         "model_name": cfg.model.name, "n_classes": n_classes, "img_size": cfg.model.img_size,
         # a user's loop: the optimizer's own defaults (on the CPU, Adam's per-tensor loop), no fused kernel
         "batch_size": cfg.dataset.batch_size, "channels_last": False,
-        "optimizer": {k: v for k, v in to_plain(cfg.optimizer).items() if k not in ("fused", "foreach")},
+        "optimizer": {**to_plain(cfg.optimizer), **({"fused": False} if "fused" in cfg.optimizer else {})},
         "precision": "32-true", "device": "cpu", "timing": to_plain(cfg.bench.timing),
         "threads": torch.get_num_threads(),  # the same intra-op threads as this process
     }

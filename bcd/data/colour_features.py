@@ -15,7 +15,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from bcd.data.colour_shift import HED_FROM_RGB
-from bcd.data.decode import read_rgb
+from bcd.data.decode import MAX_PIXELS, read_rgb
 
 __all__ = ["STAT_NAMES", "ColourFeatures", "ShortcutScore", "colour_features", "colour_shortcut", "image_colour_stats"]
 
@@ -88,7 +88,7 @@ def image_colour_stats(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return stats, histogram / len(pixels)
 
 
-def colour_features(paths: Sequence[Path], max_pixels: int | None = 100_000_000) -> ColourFeatures:
+def colour_features(paths: Sequence[Path], max_pixels: int | None = MAX_PIXELS) -> ColourFeatures:
     """Colour statistics and histograms of every image (decoded once each)."""
     stats = np.zeros((len(paths), len(STAT_NAMES)))
     histograms = np.zeros((len(paths), 3 * HISTOGRAM_BINS))

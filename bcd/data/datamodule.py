@@ -15,11 +15,12 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from bcd.data.audit import audit_files, format_bad_files
 from bcd.data.dataset import SmearDataset, build_cache
+from bcd.data.integrity import audit_files, format_bad_files
 from bcd.data.proxy_groups import describe_proxy_groups, proxy_group_ids
 from bcd.data.samplers import EpochSampler
 from bcd.data.sources import SPLITS, DatasetError, Sample, check_root, load_samples, read_manifest
+from bcd.data.spec import DatasetConfig
 from bcd.data.splits import (
     assign_splits,
     check_hashes,
@@ -58,25 +59,25 @@ class SmearDataModule(L.LightningDataModule):
         name: str,
         layout: str,
         root: str,
-        manifest: str | None = None,
-        classes: Sequence[str] | None = None,
-        negative_classes: Sequence[str] | None = None,
-        split_manifest: str | None = None,
-        val_fraction: float = 0.15,
-        test_fraction: float = 0.15,
-        dedup: str = "exact",
-        near_threshold: int = 6,
-        groups: str | None = None,
-        proxy_groups: int = 8,
-        on_bad_file: str = "fail",
-        cache_images: bool = False,
-        batch_size: int = 32,
-        num_workers: int | None = None,
-        weighted_sampler: bool = False,
-        max_pixels: int | None = 100_000_000,
-        citation: str | None = None,
-        synthetic_images_per_class: int = 40,
-        synthetic_image_size: int = 224,
+        manifest: str | None = DatasetConfig.manifest,
+        classes: Sequence[str] | None = DatasetConfig.classes,
+        negative_classes: Sequence[str] | None = DatasetConfig.negative_classes,
+        split_manifest: str | None = DatasetConfig.split_manifest,
+        val_fraction: float = DatasetConfig.val_fraction,
+        test_fraction: float = DatasetConfig.test_fraction,
+        dedup: str = DatasetConfig.dedup,
+        near_threshold: int = DatasetConfig.near_threshold,
+        groups: str | None = DatasetConfig.groups,
+        proxy_groups: int = DatasetConfig.proxy_groups,
+        on_bad_file: str = DatasetConfig.on_bad_file,
+        cache_images: bool = DatasetConfig.cache_images,
+        batch_size: int = DatasetConfig.batch_size,
+        num_workers: int | None = DatasetConfig.num_workers,
+        weighted_sampler: bool = DatasetConfig.weighted_sampler,
+        max_pixels: int | None = DatasetConfig.max_pixels,
+        citation: str | None = DatasetConfig.citation,
+        synthetic_images_per_class: int = DatasetConfig.synthetic_images_per_class,
+        synthetic_image_size: int = DatasetConfig.synthetic_image_size,
         *,
         task: str = "multiclass",
         img_size: int = 224,

@@ -29,7 +29,7 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_image(path: Path, size: int, max_pixels: int | None) -> np.ndarray:
-    """Decode one audited file (bcd.data.audit) and resize it to the model's input size."""
+    """Decode one audited file (bcd.data.integrity) and resize it to the model's input size."""
     return resize_square(read_audited_rgb(path, max_pixels=max_pixels), size)
 
 

@@ -9,7 +9,10 @@ import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "UnreadableImageError", "read_audited_rgb", "read_rgb"]
+__all__ = ["IMAGE_EXTENSIONS", "MAX_PIXELS", "UnreadableImageError", "read_audited_rgb", "read_rgb"]
+
+# the most pixels an image may have before bcd refuses to decode it (decompression bombs, wrong files)
+MAX_PIXELS = 100_000_000
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -43,7 +46,7 @@ class UnreadableImageError(ValueError):
         return (type(self), (self.path, self.reason))
 
 
-def read_rgb(path: str | Path, max_pixels: int | None = 100_000_000) -> np.ndarray:
+def read_rgb(path: str | Path, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """Decode an image file to an HxWx3 uint8 RGB array (EXIF orientation applied)."""
     path = Path(path)
     # One read into memory: the audit hashes the same bytes, and BytesIO avoids PIL keeping file handles open.
@@ -51,7 +54,7 @@ def read_rgb(path: str | Path, max_pixels: int | None = 100_000_000) -> np.ndarr
     return decode_bytes(data, path, max_pixels=max_pixels)
 
 
-def read_audited_rgb(path: str | Path, max_pixels: int | None = 100_000_000) -> np.ndarray:
+def read_audited_rgb(path: str | Path, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """read_rgb for a file the audit has already decoded strictly: the same pixels, about 2x faster for JPEGs."""
     data = Path(path).read_bytes()
     image = decode_jpeg_fast(data) if _plain_jpeg(data) else None
@@ -76,7 +79,7 @@ def _plain_jpeg(data: bytes) -> bool:
     return head.startswith(b"\xff\xd8\xff") and b"Exif\x00\x00" not in head and b"Adobe" not in head
 
 
-def decode_bytes(data: bytes, path: str | Path, max_pixels: int | None = 100_000_000) -> np.ndarray:
+def decode_bytes(data: bytes, path: str | Path, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """Decode in-memory file bytes to an HxWx3 uint8 RGB array; `path` is used only in error messages."""
     path = Path(path)
     _require_strict_truncation()

@@ -14,7 +14,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from bcd.data.decode import read_rgb
+from bcd.data.decode import MAX_PIXELS, read_rgb
 
 __all__ = ["NearPair", "near_duplicate_pairs", "perceptual_hashes", "hash_distances"]
 
@@ -31,7 +31,7 @@ class NearPair:
     distance: int
 
 
-def perceptual_hashes(paths: Sequence[Path], max_pixels: int | None = 100_000_000) -> np.ndarray:
+def perceptual_hashes(paths: Sequence[Path], max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """The DCT perceptual hash (imagehash.phash) of every image, as an (N, 64) boolean array."""
     bits = np.zeros((len(paths), HASH_SIZE * HASH_SIZE), dtype=bool)
     for i, path in enumerate(paths):

@@ -15,6 +15,7 @@ from sklearn.cluster import KMeans
 from sklearn.preprocessing import StandardScaler
 
 from bcd.data.colour_features import colour_features
+from bcd.data.decode import MAX_PIXELS
 from bcd.data.sources import DatasetError, Sample
 
 __all__ = ["PROXY_PREFIX", "describe_proxy_groups", "proxy_cluster_sizes", "proxy_group_ids"]
@@ -27,7 +28,7 @@ def proxy_group_ids(
     clusters_per_class: int,
     features: np.ndarray | None = None,
     seed: int = 0,
-    max_pixels: int | None = 100_000_000,
+    max_pixels: int | None = MAX_PIXELS,
 ) -> list[str | None]:
     """A proxy group id per sample ("proxy:<class>:<k>"), None for samples that already have a real group.
 

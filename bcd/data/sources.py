@@ -165,3 +165,39 @@ def load_samples(layout: str, root: Path, classes: Sequence[str] | None, manifes
             raise DatasetError("dataset.manifest: not set; dataset.layout=manifest needs the CSV file")
         return read_manifest(manifest, root, classes)
     raise DatasetError(f"dataset.layout: {layout!r} is not one of {LAYOUTS}")
+
+
+INPUTS_HINT = "set inputs=<an image file, a folder of images, or a CSV with a path column>"
+
+
+def list_inputs(inputs: str | Path) -> list[Path]:
+    """The image paths `inputs` names: one image file, every image under a folder, or a CSV's path column."""
+    source = Path(str(inputs)).expanduser().resolve()
+    if not source.exists():
+        raise FileNotFoundError(f"inputs: {source} does not exist; {INPUTS_HINT}")
+    if source.is_dir():
+        paths = list_images(source)
+        if not paths:
+            raise ValueError(
+                f"inputs: {source} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}, searched recursively); "
+                f"{INPUTS_HINT}"
+            )
+        return paths
+    if source.suffix.lower() == ".csv":
+        return csv_paths(source)
+    return [source]
+
+
+def csv_paths(csv_file: Path) -> list[Path]:
+    """The `path` column of a CSV, relative paths taken relative to the CSV's folder."""
+    with csv_file.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if "path" not in (reader.fieldnames or []):
+            raise ValueError(
+                f"inputs: {csv_file} has no 'path' column (columns: {reader.fieldnames or 'none'}); add a header "
+                "row with a path column listing one image per row"
+            )
+        paths = [csv_file.parent / row["path"].strip() for row in reader if (row["path"] or "").strip()]
+    if not paths:
+        raise ValueError(f"inputs: {csv_file} lists no images in its path column; {INPUTS_HINT}")
+    return paths

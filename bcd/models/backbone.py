@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import difflib
-import importlib
 import logging
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,28 +14,13 @@ import torch
 from timm.data import resolve_data_config
 from torch import nn
 
+from bcd.models.checkpoints import DATA_GLOBALS, safe_load
+from bcd.models.specs import ModelConfig
+
 log = logging.getLogger("bcd.models.backbone")
 
 HEADS = ("linear", "mlp")
 
-# Containers a Lightning checkpoint drags in through Hydra/OmegaConf hyper-parameters. They are data, not code,
-# so allowing them keeps the safety of weights_only=True while still reading bcd's own checkpoints.
-_SAFE_GLOBAL_PREFIXES = ("omegaconf.",)
-_SAFE_GLOBALS = frozenset(
-    {
-        "builtins.dict",
-        "builtins.list",
-        "builtins.tuple",
-        "builtins.set",
-        "builtins.int",
-        "builtins.float",
-        "builtins.str",
-        "builtins.bool",
-        "collections.defaultdict",
-        "collections.OrderedDict",
-        "typing.Any",
-    }
-)
 # Wrapper prefixes added by Lightning (net.), DDP (module.), torch.compile (_orig_mod.) and some exporters (model.).
 _WRAPPER_PREFIXES = ("net.", "module.", "model.", "_orig_mod.")
 _CHECKPOINT_KEYS = ("state_dict", "model", "state_dict_ema")
@@ -99,12 +82,12 @@ def _unknown_model_message(name: str) -> str:
 def build_network(
     name: str,
     num_outputs: int,
-    head: str = "linear",
-    head_hidden: int = 256,
-    drop_rate: float = 0.0,
-    drop_path_rate: float = 0.0,
-    pretrained: bool = False,
-    weights_path: str | None = None,
+    head: str = ModelConfig.head,
+    head_hidden: int = ModelConfig.head_hidden,
+    drop_rate: float = ModelConfig.drop_rate,
+    drop_path_rate: float = ModelConfig.drop_path_rate,
+    pretrained: bool = ModelConfig.pretrained,
+    weights_path: str | None = ModelConfig.weights_path,
 ) -> Network:
     """Create the timm backbone and head, loading hub or local weights when asked."""
     # Validate the cheap things first so a config typo fails before a large model is built.
@@ -168,47 +151,11 @@ class WeightsReport:
     missing: list[str] = field(default_factory=list)
 
 
-def _resolve_global(qualified: str) -> Any:
-    # Nested classes (a.b.C.D) need the longest importable module prefix, so walk back until import succeeds.
-    parts = qualified.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        try:
-            obj: Any = importlib.import_module(".".join(parts[:i]))
-        except ImportError:
-            continue
-        for part in parts[i:]:
-            obj = getattr(obj, part)
-        return obj
-    raise ImportError(f"cannot import {qualified}")
-
-
 def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first_error: Exception = exc
-    except Exception as exc:
-        raise ValueError(f"model.weights_path: cannot read {path} as a PyTorch weights file ({exc})") from exc
-
-    # weights_only refuses non-tensor objects; Lightning checkpoints carry OmegaConf hyper-parameters.
-    try:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception as exc:
-        raise ValueError(
-            f"model.weights_path: cannot read {path} as a PyTorch weights file ({first_error})"
-        ) from exc
-    refused = [g for g in unsafe if g not in _SAFE_GLOBALS and not g.startswith(_SAFE_GLOBAL_PREFIXES)]
-    if refused:
-        raise ValueError(
-            f"model.weights_path: {path} contains Python objects that are not safe to unpickle "
-            f"({', '.join(refused)}); re-save just the state dict (torch.save(model.state_dict(), ...)) "
-            f"or a .safetensors file"
-        ) from first_error
-    try:
-        with torch.serialization.safe_globals([_resolve_global(g) for g in unsafe]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"model.weights_path: cannot read {path} as a PyTorch weights file ({exc})") from exc
+    """A weights file's contents: tensors, plain values and at most OmegaConf's data classes (Lightning
+    checkpoints of other projects carry OmegaConf hyper-parameters), never code."""
+    return safe_load(path, "model.weights_path", "a PyTorch weights file (state dict, timm .pth/.bin or checkpoint)",
+                     allowed=DATA_GLOBALS)
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
 
-from bcd.metrics import ClassificationMetrics
+from bcd.models import registry
 from bcd.models.backbone import backbone_data_config, build_network, set_backbone_frozen
-from bcd.models.colour_norm import build_colour_norm
+from bcd.models.checkpoints import CheckpointError, read_checkpoint
+from bcd.models.metrics import ClassificationMetrics
+from bcd.models.registry import StoredConfigError, checked
 from bcd.models.schedulers import training_steps
-from bcd.models.tta import dihedral_views
+from bcd.models.specs import ModelConfig
+
+TASKS = ("multiclass", "binary")
+NORMALIZE = ("model", "unit")
 
 
 class Classifier(L.LightningModule):
@@ -31,38 +35,44 @@ class Classifier(L.LightningModule):
         self,
         class_names: Sequence[str],
         task: str,
-        model: dict[str, Any],
-        loss: dict[str, Any],
-        optimizer: dict[str, Any],
-        scheduler: dict[str, Any] | None = None,
+        model: Mapping[str, Any],
+        loss: Mapping[str, Any],
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any] | None = None,
         class_weights: Sequence[float] | None = None,
         normalize: str = "model",
-        colour_norm: dict[str, Any] | None = None,
-        colour_range: dict[str, list[float]] | None = None,
+        colour_norm: Mapping[str, Any] | None = None,
+        colour_range: Mapping[str, Sequence[float]] | None = None,
         tta: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if normalize not in ("model", "unit"):
-            raise ValueError(f"augmentation.normalize: {normalize!r} is not one of ['model', 'unit']")
+        if normalize not in NORMALIZE:
+            raise StoredConfigError(f"augmentation.normalize: {normalize!r} is not one of {list(NORMALIZE)}")
+        if task not in TASKS:
+            raise StoredConfigError(f"task.name: {task!r} is not one of {list(TASKS)}")
         self.class_names = list(class_names)
         self.binary = task == "binary"
+        spec = checked(ModelConfig, model, "model")
+        # checked here, built in configure_optimizers: a wrong name fails before any data is read
+        self.optimizer_config = registry.spec("optimizer", optimizer, "optimizer")
+        self.scheduler_config = registry.spec("scheduler", scheduler, "scheduler")
         self.net = build_network(
-            model["name"],
+            spec.name,
             num_outputs=1 if self.binary else len(self.class_names),
-            head=model.get("head", "linear"),
-            head_hidden=model.get("head_hidden", 256),
-            drop_rate=model.get("drop_rate", 0.0),
-            drop_path_rate=model.get("drop_path_rate", 0.0),
-            pretrained=model.get("pretrained", False),
-            weights_path=model.get("weights_path"),
+            head=spec.head,
+            head_hidden=spec.head_hidden,
+            drop_rate=spec.drop_rate,
+            drop_path_rate=spec.drop_path_rate,
+            pretrained=spec.pretrained,
+            weights_path=spec.weights_path,
         )
         # colour normalisation first, in 0..255, so that it is part of every forward (train, eval, ONNX)
-        self.colour_norm = build_colour_norm(**(colour_norm or {}))
+        self.colour_norm = registry.build_named("colour_norm", colour_norm or {"name": "none"}, "colour_norm")
         # the range of per-image colour statistics seen in training, for bcd.predict's out-of-range warning
-        self.colour_range = colour_range or {}
-        self.freeze_backbone_epochs = int(model.get("freeze_backbone_epochs", 0))
-        self.channels_last = bool(model.get("channels_last", True))
+        self.colour_range = {name: list(bounds) for name, bounds in (colour_range or {}).items()}
+        self.freeze_backbone_epochs = spec.freeze_backbone_epochs
+        self.channels_last = spec.channels_last
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
         data_config = backbone_data_config(self.net)
@@ -71,12 +81,10 @@ class Classifier(L.LightningModule):
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
-        self.loss_fn = instantiate(loss, class_weights=weights)
-        self.train_acc = MulticlassAccuracy(len(self.class_names), average="micro")
-        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.loss_fn = registry.build_named("loss", loss, "loss", class_weights=weights)
+        self.train_metrics = ClassificationMetrics(self.class_names)
+        self.val_loss = MeanMetric()
         self.val_metrics = ClassificationMetrics(self.class_names)
-        self.test_metrics = ClassificationMetrics(self.class_names)
-        self.test_confusion: list[list[int]] = []
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of uint8 (or 0..255 float) NCHW images."""
@@ -93,6 +101,10 @@ class Classifier(L.LightningModule):
             return torch.cat([torch.zeros_like(z), z], dim=1)
         return logits.float()
 
+    def outputs_from_class_logits(self, class_logits: torch.Tensor) -> torch.Tensor:
+        """The network's own outputs (what the loss takes) back from class_logits: the binary task's z of [0, z]."""
+        return class_logits[:, 1:] if self.binary else class_logits
+
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Class probabilities (N, C); for the binary task [P(benign), P(malignant)]."""
         return torch.softmax(self.class_logits(logits), dim=1)
@@ -106,66 +118,71 @@ class Classifier(L.LightningModule):
         images, targets = batch
         logits = self(images)
         loss = self.loss_fn(logits, targets)
-        self.train_acc.update(self.probabilities(logits.detach()), targets)
+        self.train_metrics.update(self.probabilities(logits.detach()), targets)
         # not on the progress bar: reading it there every step would sync with the GPU every step
         self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(targets))
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(targets))
         return loss
 
-    def _evaluate_batch(self, batch: tuple[torch.Tensor, torch.Tensor], loss_metric: MeanMetric,
-                        metrics: ClassificationMetrics, tta: bool = False) -> None:
-        """Accumulate loss and metrics for one validation or test batch; with tta, probabilities are the mean
-        over the 8 dihedral views and the loss the mean of the views' losses."""
-        images, targets = batch
-        logits = [self(view) for view in (dihedral_views(images) if tta else [images])]
-        loss_metric.update(torch.stack([self.loss_fn(view, targets) for view in logits]).mean(), weight=len(targets))
-        metrics.update(torch.stack([self.probabilities(view) for view in logits]).mean(0), targets)
-
-    def _log_epoch(self, prefix: str, loss_metric: MeanMetric, metrics: ClassificationMetrics) -> None:
-        """Log loss and metrics computed over every image of the epoch (synchronised across ranks)."""
-        values = metrics.compute(prefix)
-        values[f"{prefix}/loss"] = loss_metric.compute()
-        # already global (torchmetrics synchronised them); sync_dist only tells Lightning so
-        self.log_dict(values, sync_dist=True)
-        if prefix == "test":
-            self.test_confusion = metrics.confusion_matrix()
-        loss_metric.reset()
-        metrics.reset()
+    def on_train_epoch_end(self) -> None:
+        """Log train/acc of the epoch's (augmented) training images."""
+        self.log("train/acc", self.train_metrics.compute("train")["train/acc"], sync_dist=True)
+        self.train_metrics.reset()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        """Accumulate validation metrics."""
-        self._evaluate_batch(batch, self.val_loss, self.val_metrics)
+        """Accumulate validation loss and metrics (one view; the test after training is bcd.inference.testing)."""
+        images, targets = batch
+        logits = self(images)
+        self.val_loss.update(self.loss_fn(logits, targets), weight=len(targets))
+        self.val_metrics.update(self.probabilities(logits), targets)
 
     def on_validation_epoch_end(self) -> None:
-        """Log val/... metrics."""
-        self._log_epoch("val", self.val_loss, self.val_metrics)
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        """Accumulate test metrics (over the 8 dihedral views when the model was trained with tta=true)."""
-        self._evaluate_batch(batch, self.test_loss, self.test_metrics, tta=self.hparams.get("tta", False))
-
-    def on_test_epoch_end(self) -> None:
-        """Log test/... metrics and keep the confusion matrix for summary.json."""
-        self._log_epoch("test", self.test_loss, self.test_metrics)
+        """Log val/... metrics, computed over every image of the epoch (synchronised across ranks)."""
+        values = self.val_metrics.compute("val")
+        values["val/loss"] = self.val_loss.compute()
+        # already global (torchmetrics synchronised them); sync_dist only tells Lightning so
+        self.log_dict(values, sync_dist=True)
+        self.val_loss.reset()
+        self.val_metrics.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
         """The optimizer from the optimizer config and, when set, the schedule from the scheduler config."""
-        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
-        if not self.hparams.scheduler:
+        optimizer = registry.build("optimizer", self.optimizer_config, self.parameters())
+        if self.scheduler_config.name == "none":
             return {"optimizer": optimizer}
         total_steps, steps_per_epoch = training_steps(self.trainer)
-        schedule = instantiate(self.hparams.scheduler)(
-            optimizer=optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch
-        )
+        schedule = registry.build("scheduler", self.scheduler_config, optimizer, total_steps, steps_per_epoch)
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
 
 def load_classifier(ckpt_path: str | Path, map_location: str = "cpu") -> Classifier:
-    """Load a trained classifier from a bcd checkpoint without re-reading the original weights source."""
-    checkpoint = torch.load(ckpt_path, map_location=map_location, weights_only=True)
-    hparams = dict(checkpoint["hyper_parameters"])
+    """Rebuild a trained classifier from a bcd checkpoint: tensors and plain values only (weights_only=True), every
+    stored field checked against its schema (nothing stored names code), the trained weights from the file."""
+    checkpoint = read_checkpoint(ckpt_path, map_location)
+    where = f"ckpt_path: {ckpt_path}: hyper_parameters"
+    hparams = checkpoint.get("hyper_parameters")
+    if not isinstance(hparams, Mapping):
+        raise CheckpointError(f"{where} are missing; this is not a checkpoint written by bcd.train")
+    unknown = sorted(set(hparams) - set(inspect.signature(Classifier.__init__).parameters) - {"self"})
+    if unknown:
+        raise StoredConfigError(f"{where}: unknown field(s) {unknown}")
+    stored = dict(hparams)
     # the checkpoint holds the trained weights; do not download or re-read the initial ones
-    hparams["model"] = {**hparams["model"], "pretrained": False, "weights_path": None}
-    model = Classifier(**hparams)
+    stored["model"] = {**registry.mapping(stored.get("model"), f"{where}.model"), "pretrained": False,
+                       "weights_path": None}
+    stored["class_names"] = _strings(stored.get("class_names"), f"{where}.class_names")
+    for group in ("loss", "optimizer", "scheduler", "colour_norm"):
+        if group in stored:  # through the registry: a legacy `_target_` becomes its name, anything else is refused
+            stored[group] = registry.arguments_with_name(registry.spec(group, stored[group], f"{where}.{group}"))
+    try:
+        model = Classifier(**stored)
+    except (TypeError, ValueError) as error:
+        raise StoredConfigError(f"{where}: {error}") from error
     model.load_state_dict(checkpoint["state_dict"])
     return model
+
+
+def _strings(value: Any, where: str) -> list[str]:
+    """A stored list of strings (class names), or an error naming the key."""
+    if not isinstance(value, list | tuple) or not value or not all(isinstance(v, str) for v in value):
+        raise StoredConfigError(f"{where}: expected a list of class names, got {value!r}")
+    return list(value)

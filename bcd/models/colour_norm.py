@@ -9,13 +9,10 @@ the model's forward). Each works on float N x 3 x H x W images in 0..255 and ret
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-
-COLOUR_NORMS = ("none", "gray_world", "white_patch", "quantile_balance", "reinhard")
 
 # sRGB (D65) <-> CIE XYZ, and the D65 white point: the standard constants of every Lab conversion
 _XYZ_FROM_RGB = [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
@@ -32,7 +29,7 @@ class ChannelBalance(nn.Module):
     (the bright background), a low one sits in the stained cells, which a moderate gain never saturates.
     """
 
-    def __init__(self, quantile: float | None = None, target: float = 128.0) -> None:
+    def __init__(self, quantile: float | None, target: float) -> None:
         super().__init__()
         if quantile is not None and not 0.0 <= quantile <= 1.0:
             raise ValueError(f"colour_norm.quantile: {quantile} must be in [0, 1], or null for the mean")
@@ -89,16 +86,3 @@ class Reinhard(nn.Module):
         mean = lab.mean(dim=(2, 3), keepdim=True)
         std = lab.std(dim=(2, 3), keepdim=True).clamp_min(1e-3)
         return lab_to_rgb((lab - mean) / std * self.reference_std + self.reference_mean)
-
-
-def build_colour_norm(name: str = "none", **options: Any) -> nn.Module:
-    """The colour normalisation named by the colour_norm config (its other keys are the module's arguments)."""
-    if name == "none":
-        return nn.Identity()
-    if name == "gray_world":
-        return ChannelBalance(quantile=None, **options)
-    if name in ("white_patch", "quantile_balance"):
-        return ChannelBalance(**options)
-    if name == "reinhard":
-        return Reinhard(**options)
-    raise ValueError(f"colour_norm.name: {name!r} is not one of {list(COLOUR_NORMS)}")

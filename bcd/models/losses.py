@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bcd.models.specs import BinaryCrossEntropyConfig, CrossEntropyConfig, FocalConfig
+
 _BINARY_HINT = "loss=ce needs task=multiclass; use loss=bce (or focal) with task=binary"
 _MULTICLASS_HINT = "loss=bce needs task=binary (one output)"
 
@@ -84,7 +86,10 @@ class CrossEntropyLoss(_WeightedLoss):
     """Softmax cross-entropy with optional class weights and label smoothing (multiclass task)."""
 
     def __init__(
-        self, class_weights: Tensor | None = None, weighted: bool = False, label_smoothing: float = 0.0
+        self,
+        class_weights: Tensor | None = None,
+        weighted: bool = CrossEntropyConfig.weighted,
+        label_smoothing: float = CrossEntropyConfig.label_smoothing,
     ) -> None:
         super().__init__(class_weights, weighted)
         if not 0.0 <= label_smoothing < 1.0:
@@ -108,7 +113,7 @@ class FocalLoss(_WeightedLoss):
     """Focal loss: softmax form for (N, C>=2) logits, sigmoid form for binary (N, 1) or (N,) logits."""
 
     def __init__(
-        self, class_weights: Tensor | None = None, weighted: bool = False, gamma: float = 2.0
+        self, class_weights: Tensor | None = None, weighted: bool = FocalConfig.weighted, gamma: float = FocalConfig.gamma
     ) -> None:
         super().__init__(class_weights, weighted)
         if gamma < 0:
@@ -145,7 +150,7 @@ class FocalLoss(_WeightedLoss):
 class BinaryCrossEntropyLoss(_WeightedLoss):
     """Sigmoid binary cross-entropy on one logit; class weights become torch's pos_weight = w_pos / w_neg."""
 
-    def __init__(self, class_weights: Tensor | None = None, weighted: bool = False) -> None:
+    def __init__(self, class_weights: Tensor | None = None, weighted: bool = BinaryCrossEntropyConfig.weighted) -> None:
         super().__init__(class_weights, weighted)
         if weighted and self.class_weights is not None and self.class_weights.numel() != 2:
             raise ValueError(

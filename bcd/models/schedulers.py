@@ -7,7 +7,9 @@ from typing import Any
 
 import lightning as L
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, ReduceLROnPlateau, SequentialLR
+
+from bcd.models.specs import CosineConfig, PlateauConfig
 
 
 def training_steps(trainer: L.Trainer) -> tuple[int, int]:
@@ -27,28 +29,32 @@ def training_steps(trainer: L.Trainer) -> tuple[int, int]:
 
 
 def cosine_with_warmup(
-    optimizer: Optimizer, total_steps: int, steps_per_epoch: int, warmup_epochs: float = 1.0, min_lr_ratio: float = 0.01
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    warmup_epochs: float = CosineConfig.warmup_epochs,
+    min_lr_ratio: float = CosineConfig.min_lr_ratio,
 ) -> dict[str, Any]:
-    """Linear warm-up for warmup_epochs, then cosine decay to min_lr_ratio x lr, stepped every batch."""
+    """Linear warm-up over warmup_epochs (the lr times (step + 1) / (warmup + 1)), then cosine decay to
+    min_lr_ratio x lr at the last step; stepped every batch. torch's LinearLR and CosineAnnealingLR in a
+    SequentialLR."""
     warmup = min(int(warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return {"scheduler": LambdaLR(optimizer, factor), "interval": "step"}
+    (base_lr,) = {group["lr"] for group in optimizer.param_groups}
+    cosine = CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup), eta_min=min_lr_ratio * base_lr)
+    if warmup == 0:
+        return {"scheduler": cosine, "interval": "step"}
+    linear = LinearLR(optimizer, start_factor=1.0 / (warmup + 1), end_factor=1.0, total_iters=warmup)
+    return {"scheduler": SequentialLR(optimizer, [linear, cosine], milestones=[warmup]), "interval": "step"}
 
 
 def reduce_on_plateau(
     optimizer: Optimizer,
     total_steps: int,
     steps_per_epoch: int,
-    monitor: str = "val/loss",
-    mode: str = "min",
-    factor: float = 0.5,
-    patience: int = 3,
+    monitor: str = PlateauConfig.monitor,
+    mode: str = PlateauConfig.mode,
+    factor: float = PlateauConfig.factor,
+    patience: int = PlateauConfig.patience,
 ) -> dict[str, Any]:
     """Reduce the learning rate when `monitor` stops improving, checked every epoch."""
     scheduler = ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience)

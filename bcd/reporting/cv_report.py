@@ -3,15 +3,12 @@ CIs, and cv_report.md that sets several CV runs (e.g. proxy-group vs image-level
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from bcd.reporting import stats
+from bcd.evaluation.stats import Estimate
 from bcd.reporting.markdown import markdown_table
 from bcd.reporting.report import HEADLINE
 
@@ -23,54 +20,6 @@ FOLD_COLUMNS = [
     ("sensitivity", "Sensitivity"),
     ("specificity", "Specificity"),
 ]
-
-
-def read_predictions(path: Path, class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities (N, C) and targets (N,) from a predictions.csv (as report.write_predictions writes)."""
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    probs = np.array([[float(row[f"prob_{name}"]) for name in class_names] for row in rows], dtype=np.float64)
-    targets = np.array([class_names.index(row["true_label"]) for row in rows], dtype=np.int64)
-    return probs.reshape(len(rows), len(class_names)), targets
-
-
-def summarize_cv(
-    fold_predictions: Sequence[tuple[np.ndarray, np.ndarray]],
-    class_names: Sequence[str],
-    positive_classes: Sequence[int] | None,
-    n_boot: int,
-    ci: float,
-    seed: int,
-) -> dict[str, Any]:
-    """Metrics of every fold's held-out images, their mean and std (ddof=1) over folds, and the metrics of all
-    out-of-fold predictions pooled, with percentile-bootstrap CIs (images resampled)."""
-    per_fold = [
-        stats.point_metrics(probs, targets, class_names, positive_classes)
-        for probs, targets in fold_predictions
-    ]
-    keys = list(per_fold[0])
-    values = {key: np.array([metrics[key] for metrics in per_fold], dtype=np.float64) for key in keys}
-    probs = np.concatenate([p for p, _ in fold_predictions])
-    targets = np.concatenate([t for _, t in fold_predictions])
-    pooled = stats.bootstrap(probs, targets, class_names, positive_classes, n_boot=n_boot, ci=ci, seed=seed)
-    return {
-        "n_images": len(targets),
-        "per_fold": [
-            {"fold": i, "n_images": len(t), "metrics": m}
-            for i, ((_, t), m) in enumerate(zip(fold_predictions, per_fold, strict=True))
-        ],
-        "mean": {key: _nan_stat(np.nanmean, v) for key, v in values.items()},
-        "std": {key: _nan_stat(np.nanstd, v, ddof=1) for key, v in values.items()},
-        "pooled": {key: estimate.as_dict() for key, estimate in pooled.items()},
-        "confusion_matrix": stats.confusion_matrix(probs.argmax(1), targets, len(class_names)).tolist(),
-    }
-
-
-def _nan_stat(reduce: Any, values: np.ndarray, **kwargs: Any) -> float:
-    """reduce over the non-NaN values (NaN when too few are left), without numpy's warning."""
-    finite = values[~np.isnan(values)]
-    needed = 1 + kwargs.get("ddof", 0)
-    return float(reduce(finite, **kwargs)) if len(finite) >= needed else math.nan
 
 
 def write_cv_report(path: Path, runs: Sequence[Mapping[str, Any]]) -> None:
@@ -113,7 +62,7 @@ def write_cv_report(path: Path, runs: Sequence[Mapping[str, Any]]) -> None:
         *markdown_table(
             ["split", *(label for _, label in headline)],
             [
-                [r["split_method"], *(stats.Estimate(**r["pooled"][key]).format() for key, _ in headline)]
+                [r["split_method"], *(Estimate(**r["pooled"][key]).format() for key, _ in headline)]
                 for r in runs
             ],
         ),
@@ -152,7 +101,7 @@ def _per_class_table(run: Mapping[str, Any]) -> list[str]:
             [
                 name,
                 *(
-                    stats.Estimate(**pooled[f"{metric}/{name}"]).format()
+                    Estimate(**pooled[f"{metric}/{name}"]).format()
                     for metric in ("precision", "recall", "f1")
                 ),
                 int(pooled[f"support/{name}"]["value"]),

@@ -7,20 +7,20 @@ from pathlib import Path
 
 import numpy as np
 
+from bcd.models.metrics import confusion_matrix
 from bcd.reporting import plots
-from bcd.reporting.stats import confusion_matrix, softmax_with_temperature
 
 
 def write_figures(
     out: Path,
-    logits: np.ndarray,
+    probs: np.ndarray,
     targets: np.ndarray,
     class_names: Sequence[str],
     reliability_curves: dict[str, dict[str, np.ndarray]],
     metrics_csv: Path,
 ) -> dict[str, Path]:
-    """Confusion matrices, ROC and PR curves, the reliability diagram and training curves; name -> PNG path."""
-    probs = softmax_with_temperature(logits)
+    """Confusion matrices, ROC and PR curves of the class probabilities (N, C), the reliability diagram and
+    training curves; name -> PNG path."""
     matrix = confusion_matrix(probs.argmax(1), targets, len(class_names))
     figures = {
         "confusion_matrix": plots.plot_confusion_matrix(matrix, class_names, out / "confusion_matrix.png"),

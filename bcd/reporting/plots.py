@@ -231,22 +231,10 @@ def plot_pr_curves(probs: np.ndarray, targets: np.ndarray, class_names: Sequence
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _ece(curve: dict[str, np.ndarray]) -> float:
-    """Expected calibration error from binned confidence/accuracy/count (empty bins ignored)."""
-    count = np.asarray(curve["count"], dtype=float)
-    conf = np.asarray(curve["confidence"], dtype=float)
-    acc = np.asarray(curve["accuracy"], dtype=float)
-    keep = (count > 0) & np.isfinite(conf) & np.isfinite(acc)
-    total = count[keep].sum()
-    if total <= 0:
-        return float("nan")
-    return float(np.sum(count[keep] / total * np.abs(acc[keep] - conf[keep])))
-
-
 def plot_reliability(
     curves: dict[str, dict[str, np.ndarray]], path: Path, title: str = "Reliability diagram"
 ) -> Path:
-    """Reliability diagram: accuracy vs confidence per bin for one or more calibrations (e.g. before/after temperature scaling), with the diagonal and per-curve ECE in the legend."""
+    """Reliability diagram: accuracy vs confidence per bin for one or more calibrations (e.g. before/after temperature scaling), with the diagonal; each curve's label (e.g. with its ECE, bcd.evaluation.stats.calibration_report) in the legend."""
     if not curves:
         raise ValueError("curves is empty: nothing to plot")
     with saved_figure(
@@ -271,9 +259,6 @@ def plot_reliability(
                 )
             lo, hi = min(lo, float(edges[0])), max(hi, float(edges[-1]))
             keep = (count > 0) & np.isfinite(conf) & np.isfinite(acc)
-            if "ece" not in label.lower():
-                ece = _ece(curve)
-                label = f"{label} (ECE {ece:.3f})" if math.isfinite(ece) else f"{label} (no samples)"
             ax.plot(
                 conf[keep],
                 acc[keep],

@@ -1,20 +1,16 @@
-"""The human-readable outputs of an evaluation: predictions.csv, report.md and MODEL_CARD.md."""
+"""The human-readable outputs of an evaluation: report.md and MODEL_CARD.md."""
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from bcd.data.sources import Sample
+from bcd.evaluation.robustness import SHIFT_METRICS
+from bcd.evaluation.stats import Estimate
 from bcd.reporting.markdown import markdown_table
-from bcd.reporting.robustness import format_estimate, shift_table
-from bcd.reporting.stats import Estimate, softmax_with_temperature
-from bcd.reporting.trained_run import TrainedRun
+from bcd.runs import TrainedRun
 
 HEADLINE = [
     ("acc", "Accuracy"),
@@ -33,27 +29,6 @@ INTENDED_USE = (
 )
 
 
-def write_predictions(
-    path: Path,
-    samples: Sequence[Sample],
-    splits: Sequence[str],
-    logits: np.ndarray,
-    targets: np.ndarray,
-    class_names: Sequence[str],
-    temperature: float | None,
-) -> None:
-    """One row per image: path, split, true and predicted label, and the probability of every class."""
-    probs = softmax_with_temperature(logits, temperature or 1.0)
-    with path.open("x", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "split", "true_label", "predicted_label", *(f"prob_{c}" for c in class_names)])
-        for sample, target, row in zip(samples, targets, probs, strict=True):
-            writer.writerow(
-                [sample.path, sample.split, class_names[target], class_names[int(row.argmax())],
-                 *(f"{p:.6f}" for p in row)]
-            )
-
-
 # what each split method (bcd.data.splits.split_method) kept on one side of the split
 SPLIT_METHODS = {
     "image-level": "images assigned one by one: duplicates and images of one patient can sit in train and test",
@@ -65,6 +40,20 @@ SPLIT_METHODS = {
                    "IDs) and duplicates kept on one side",
     "real-group": "the data's own groups (e.g. patients) and duplicates kept on one side",
 }
+
+
+def format_estimate(estimate: Mapping[str, float], digits: int = 3) -> str:
+    """A stored {"value", "low", "high"} as "value [low–high]"."""
+    return Estimate(estimate["value"], estimate["low"], estimate["high"]).format(digits)
+
+
+def shift_table(result: Mapping[str, Any]) -> list[list[str]]:
+    """Rows (shift, strength, accuracy, macro-F1) for a markdown table."""
+    return [
+        [row["kind"], f"±{row['strength']:.0%}" if row["strength"] else "none",
+         *(format_estimate(row[m]) for m in SHIFT_METRICS)]
+        for row in result["rows"]
+    ]
 
 
 def _headline_rows(estimates: Mapping[str, Estimate]) -> list[list[str]]:
@@ -179,20 +168,27 @@ def write_report(
     path.write_text("\n".join(lines))
 
 
+def _option(section: Mapping[str, Any]) -> str:
+    """The option a recorded config section chose: its name (or, in runs of earlier versions, its class)."""
+    return str(section.get("name") or str(section.get("_target_", "?")).rsplit(".", 1)[-1])
+
+
 def write_model_card(
     path: Path, result: Mapping[str, Any], estimates: Mapping[str, Estimate], run: TrainedRun, datamodule: Any
 ) -> None:
     """MODEL_CARD.md: data, training recipe, metrics, calibration, intended use and known limitations."""
     config = run.config
     recipe = []
-    if config is not None:
+    if config is not None:  # the run's recorded config, read as text (plain data, nothing built from it)
+        model, optimizer = config.get("model", {}), config.get("optimizer", {})
         recipe = [
-            f"- Model: `{config.model.name}` at {run.img_size(config.model)} px, head `{config.model.head}`, "
-            f"pretrained: {config.model.pretrained}, weights file: {config.model.weights_path}",
-            f"- Task: {config.task.name}; loss `{config.loss._target_.rsplit('.', 1)[-1]}`; optimizer "
-            f"`{config.optimizer._target_.rsplit('.', 1)[-1]}` lr {config.optimizer.lr}",
-            f"- Epochs trained: {run.summary.get('epochs', 'unknown')} (max {config.trainer.max_epochs}); "
-            f"augmentation: {', '.join(config.augmentation.train) or 'none'}; seed {config.seed}",
+            f"- Model: `{model.get('name')}` at {run.img_size(model)} px, head `{model.get('head')}`, "
+            f"pretrained: {model.get('pretrained')}, weights file: {model.get('weights_path')}",
+            f"- Task: {config.get('task', {}).get('name')}; loss `{_option(config.get('loss', {}))}`; optimizer "
+            f"`{_option(optimizer)}` lr {optimizer.get('lr')}",
+            f"- Epochs trained: {run.summary.epochs if run.summary else 'unknown'} (max "
+            f"{config.get('trainer', {}).get('max_epochs')}); augmentation: "
+            f"{', '.join(config.get('augmentation', {}).get('train') or {}) or 'none'}; seed {config.get('seed')}",
         ]
     calibration = result["calibration"]
     lines = [

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bcd.reporting.trained_run import TrainedRun
+from bcd.runs import TrainedRun
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key and the fix."""
+from bcd.utils.errors import ConfigError
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -17,8 +17,8 @@ import lightning as L
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from bcd.sweeps.study import hydra_value, make_pruner, make_storage, storage_url
-from bcd.utils.config import ConfigError
+from bcd.tuning.study import hydra_value, make_pruner, make_storage, storage_url
+from bcd.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class OptunaPruning(L.Callback):
 def pruning_overrides(sweep: DictConfig, sweep_dir: Path, number: int) -> list[str]:
     """The callback that reports every epoch to this trial and stops the run when the pruner says so."""
     args: dict[str, Any] = {
-        "_target_": "bcd.sweeps.pruning.OptunaPruning",
+        "_target_": "bcd.tuning.pruning.OptunaPruning",
         "storage": storage_url(sweep.storage, sweep_dir),
         "study_name": sweep.study_name,
         "trial_number": number,

@@ -1,25 +1,16 @@
-"""Pre-training audit. audit_files: hash every file once, decode it fully, and collect what is broken or duplicated.
-audit_dataset and `python -m bcd.data.audit dataset=...`: the whole dataset's report (counts, sizes, bad files,
-exact and near duplicates, label conflicts, colour statistics, a colour-shortcut score, proxy groups).
-"""
+"""The dataset audit: counts, sizes, bad files, exact and near duplicates, label conflicts, colour statistics, a
+colour-shortcut score and proxy groups, for `python -m bcd.audit`."""
+
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
-from hydra.utils import instantiate
-from omegaconf import DictConfig
 from PIL import Image
 
 from bcd.data.colour_features import (
@@ -29,136 +20,12 @@ from bcd.data.colour_features import (
     colour_features,
     colour_shortcut,
 )
-from bcd.data.decode import UnreadableImageError, decode_bytes
+from bcd.data.decode import MAX_PIXELS
+from bcd.data.integrity import FileAudit, audit_files, format_bad_files
 from bcd.data.near_duplicates import NearPair, near_duplicate_pairs, perceptual_hashes
 from bcd.data.proxy_groups import proxy_cluster_sizes, proxy_group_ids
-from bcd.data.sources import DatasetError, Sample, load_samples
+from bcd.data.sources import DatasetError, Sample
 from bcd.data.splits import split_groups, split_method
-from bcd.utils.run import ensure_new_run_dir
-
-log = logging.getLogger(__name__)
-
-__all__ = ["DatasetAudit", "FileAudit", "audit_dataset", "audit_files", "format_bad_files"]
-
-
-@dataclass(frozen=True)
-class FileAudit:
-    """Result of checking every file once before training."""
-
-    hashes: dict[Path, str]
-    """sha1 hex of the file bytes, for every file that passed the checks (disjoint from `bad`)."""
-    bad: dict[Path, str]
-    """path -> reason, for files that are missing, unreadable or (with decode=True) undecodable."""
-
-    def duplicate_groups(self) -> list[list[Path]]:
-        """Groups (size >= 2) of byte-identical files, each sorted, the list sorted by first path."""
-        by_hash: dict[str, list[Path]] = defaultdict(list)
-        for path, digest in self.hashes.items():
-            by_hash[digest].append(path)
-        groups = [sorted(paths) for paths in by_hash.values() if len(paths) >= 2]
-        return sorted(groups, key=lambda group: group[0])
-
-
-def audit_files(
-    paths: Sequence[Path],
-    decode: bool = True,
-    workers: int | None = None,
-    progress: bool = False,
-    *,
-    max_pixels: int | None = 100_000_000,
-) -> FileAudit:
-    """Hash every file and (optionally) decode it fully, collecting unreadable files with reasons."""
-    # dict.fromkeys de-duplicates repeated paths while keeping the caller's order, so results are stable.
-    unique = list(dict.fromkeys(Path(p) for p in paths))
-    if workers is None:
-        workers = min(8, os.cpu_count() or 1)
-    if workers < 1:
-        raise ValueError(f"audit_files: workers must be >= 1, got {workers}; pass None for the default")
-
-    def check(path: Path) -> tuple[str | None, str | None]:
-        return _check_file(path, decode=decode, max_pixels=max_pixels)
-
-    hashes: dict[Path, str] = {}
-    bad: dict[Path, str] = {}
-    with _progress_bar(progress, total=len(unique)) as advance:
-        if workers == 1 or len(unique) <= 1:
-            results: Iterator[tuple[str | None, str | None]] = map(check, unique)
-            for path, (digest, reason) in zip(unique, results, strict=True):
-                _record(path, digest, reason, hashes, bad)
-                advance()
-        else:
-            # Threads, not processes: hashlib and PIL's decoders release the GIL on large buffers, and
-            # threads avoid pickling file bytes. map() yields in input order, so the dicts are deterministic.
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bcd-audit") as pool:
-                for path, (digest, reason) in zip(unique, pool.map(check, unique), strict=True):
-                    _record(path, digest, reason, hashes, bad)
-                    advance()
-    return FileAudit(hashes=hashes, bad=bad)
-
-
-def format_bad_files(bad: dict[Path, str], limit: int = 20) -> str:
-    """A readable multi-line list of bad files and reasons, truncated after `limit` with a count of the rest."""
-    if not bad:
-        return "No unreadable files."
-    items = sorted(bad.items())
-    noun = "file" if len(items) == 1 else "files"
-    lines = [f"{len(items)} unreadable {noun} (fix or remove them, or exclude them from the split):"]
-    lines += [f"  {path}: {reason}" for path, reason in items[: max(limit, 0)]]
-    rest = len(items) - max(limit, 0)
-    if rest > 0:
-        lines.append(f"  ... and {rest} more")
-    return "\n".join(lines)
-
-
-def _check_file(path: Path, decode: bool, max_pixels: int | None) -> tuple[str | None, str | None]:
-    """Return (sha1, None) for a good file or (None, reason) for a bad one, reading its bytes once."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None, "file not found"
-    except IsADirectoryError:
-        return None, "is a directory, not a file"
-    except OSError as e:
-        return None, f"cannot read file ({e.strerror or e})"
-    digest = hashlib.sha1(data).hexdigest()
-    if not data:
-        # Checked even without decoding: an empty file is never a usable image and is cheap to spot.
-        return None, "empty file (0 bytes)"
-    if decode:
-        try:
-            decode_bytes(data, path, max_pixels=max_pixels)
-        except UnreadableImageError as e:
-            return None, e.reason
-    return digest, None
-
-
-def _record(
-    path: Path, digest: str | None, reason: str | None, hashes: dict[Path, str], bad: dict[Path, str]
-) -> None:
-    """Store one file's outcome in the matching result dict."""
-    if reason is not None:
-        bad[path] = reason
-    elif digest is not None:
-        hashes[path] = digest
-
-
-@contextmanager
-def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[], None]]:
-    """Yield an `advance()` callable: a rich progress bar when enabled, a no-op otherwise."""
-    if not enabled:
-        yield lambda: None
-        return
-    # Imported lazily so the audit does not pay rich's import cost when the bar is off.
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("Auditing files"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
-    ) as bar:
-        task = bar.add_task("audit", total=total)
-        yield lambda: bar.advance(task)
-
-
-# ---- the dataset audit: `python -m bcd.data.audit dataset=...` ----
 
 
 @dataclass(frozen=True)
@@ -278,7 +145,7 @@ def audit_dataset(
     dedup: str = "exact",
     near_threshold: int = 6,
     proxy_groups: int | None = None,
-    max_pixels: int | None = 100_000_000,
+    max_pixels: int | None = MAX_PIXELS,
     shortcut_folds: int = 5,
     shortcut_warn_at: float = 0.25,
     seed: int = 0,
@@ -325,40 +192,3 @@ def _other_files(root: Path, samples: Sequence[Sample]) -> list[Path]:
     read = {s.path for s in samples}
     hidden = lambda p: any(part.startswith(".") for part in p.relative_to(root).parts)  # noqa: E731
     return sorted(p for p in root.rglob("*") if p.is_file() and p not in read and not hidden(p))
-
-
-def run_audit(cfg: DictConfig) -> dict[str, Any]:
-    """Audit cfg.dataset and write audit.md, audit.json and the PNGs to a new run dir; returns the summary."""
-    out = Path(cfg.paths.output_dir).resolve()
-    ensure_new_run_dir(out)
-    datamodule = instantiate(cfg.dataset)
-    root = datamodule.data_root()
-    if out.is_relative_to(root):
-        raise DatasetError(
-            f"paths.log_dir: the run dir {out} is inside dataset.root {root}; bcd never writes inside the dataset "
-            "folder. Set paths.log_dir=/somewhere/else"
-        )
-    samples, class_names = load_samples(datamodule.layout, root, datamodule.classes, datamodule.manifest)
-    audit = audit_dataset(
-        samples, root, class_names, name=datamodule.name, dedup=datamodule.dedup,
-        near_threshold=datamodule.near_threshold,
-        proxy_groups=datamodule.proxy_groups if datamodule.groups == "proxy" else None,
-        max_pixels=datamodule.max_pixels, shortcut_folds=cfg.shortcut_folds,
-        shortcut_warn_at=cfg.shortcut_warn_at, seed=cfg.seed,
-    )
-    # the report is drawn by bcd.reporting, a layer above data: imported here, where the entry point needs it
-    from bcd.reporting.audit_report import write_audit_report
-
-    summary = write_audit_report(out, audit, examples=cfg.examples)
-    log.info("audit of %s written to %s", datamodule.name, out)
-    return summary
-
-
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="audit")
-def main(cfg: DictConfig) -> None:
-    """`python -m bcd.data.audit dataset=... [dataset.near_threshold=6] [dataset.groups=proxy]`."""
-    run_audit(cfg)
-
-
-if __name__ == "__main__":
-    main()

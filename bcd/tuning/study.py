@@ -19,7 +19,8 @@ import sqlalchemy.exc
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from bcd.utils.config import ConfigError
+from bcd.runs import RunSummary
+from bcd.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +240,7 @@ def on_one_device(cfg: DictConfig) -> bool:
     return one and cfg.trainer.get("num_nodes", 1) == 1
 
 
-def train_in_subprocess(overrides: Sequence[str], run_dir: Path) -> dict[str, Any]:
+def train_in_subprocess(overrides: Sequence[str], run_dir: Path) -> RunSummary:
     """`python -m bcd.train <overrides>` in run_dir (output to subprocess.log); returns its summary."""
     command = [sys.executable, "-m", "bcd.train", *overrides, f"hydra.run.dir={hydra_value(str(run_dir))}"]
     output = run_dir / "subprocess.log"
@@ -250,4 +251,4 @@ def train_in_subprocess(overrides: Sequence[str], run_dir: Path) -> dict[str, An
     if code != 0:
         tail = "\n".join(output.read_text().splitlines()[-20:])
         raise RuntimeError(f"python -m bcd.train exited with code {code} (full output: {output}):\n{tail}")
-    return json.loads((run_dir / "summary.json").read_text())
+    return RunSummary.read(run_dir / "summary.json")

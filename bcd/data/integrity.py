@@ -1,0 +1,136 @@
+"""Per-file integrity before training: hash every file once, decode it fully, and collect what is broken."""
+
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bcd.data.decode import MAX_PIXELS, UnreadableImageError, decode_bytes
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass(frozen=True)
+class FileAudit:
+    """Result of checking every file once before training."""
+
+    hashes: dict[Path, str]
+    """sha1 hex of the file bytes, for every file that passed the checks (disjoint from `bad`)."""
+    bad: dict[Path, str]
+    """path -> reason, for files that are missing, unreadable or (with decode=True) undecodable."""
+
+    def duplicate_groups(self) -> list[list[Path]]:
+        """Groups (size >= 2) of byte-identical files, each sorted, the list sorted by first path."""
+        by_hash: dict[str, list[Path]] = defaultdict(list)
+        for path, digest in self.hashes.items():
+            by_hash[digest].append(path)
+        groups = [sorted(paths) for paths in by_hash.values() if len(paths) >= 2]
+        return sorted(groups, key=lambda group: group[0])
+
+
+def audit_files(
+    paths: Sequence[Path],
+    decode: bool = True,
+    workers: int | None = None,
+    progress: bool = False,
+    *,
+    max_pixels: int | None = MAX_PIXELS,
+) -> FileAudit:
+    """Hash every file and (optionally) decode it fully, collecting unreadable files with reasons."""
+    # dict.fromkeys de-duplicates repeated paths while keeping the caller's order, so results are stable.
+    unique = list(dict.fromkeys(Path(p) for p in paths))
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1)
+    if workers < 1:
+        raise ValueError(f"audit_files: workers must be >= 1, got {workers}; pass None for the default")
+
+    def check(path: Path) -> tuple[str | None, str | None]:
+        return _check_file(path, decode=decode, max_pixels=max_pixels)
+
+    hashes: dict[Path, str] = {}
+    bad: dict[Path, str] = {}
+    with _progress_bar(progress, total=len(unique)) as advance:
+        if workers == 1 or len(unique) <= 1:
+            results: Iterator[tuple[str | None, str | None]] = map(check, unique)
+            for path, (digest, reason) in zip(unique, results, strict=True):
+                _record(path, digest, reason, hashes, bad)
+                advance()
+        else:
+            # Threads, not processes: hashlib and PIL's decoders release the GIL on large buffers, and
+            # threads avoid pickling file bytes. map() yields in input order, so the dicts are deterministic.
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bcd-audit") as pool:
+                for path, (digest, reason) in zip(unique, pool.map(check, unique), strict=True):
+                    _record(path, digest, reason, hashes, bad)
+                    advance()
+    return FileAudit(hashes=hashes, bad=bad)
+
+
+def format_bad_files(bad: dict[Path, str], limit: int = 20) -> str:
+    """A readable multi-line list of bad files and reasons, truncated after `limit` with a count of the rest."""
+    if not bad:
+        return "No unreadable files."
+    items = sorted(bad.items())
+    noun = "file" if len(items) == 1 else "files"
+    lines = [f"{len(items)} unreadable {noun} (fix or remove them, or exclude them from the split):"]
+    lines += [f"  {path}: {reason}" for path, reason in items[: max(limit, 0)]]
+    rest = len(items) - max(limit, 0)
+    if rest > 0:
+        lines.append(f"  ... and {rest} more")
+    return "\n".join(lines)
+
+
+def _check_file(path: Path, decode: bool, max_pixels: int | None) -> tuple[str | None, str | None]:
+    """Return (sha1, None) for a good file or (None, reason) for a bad one, reading its bytes once."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, "file not found"
+    except IsADirectoryError:
+        return None, "is a directory, not a file"
+    except OSError as e:
+        return None, f"cannot read file ({e.strerror or e})"
+    digest = hashlib.sha1(data).hexdigest()
+    if not data:
+        # Checked even without decoding: an empty file is never a usable image and is cheap to spot.
+        return None, "empty file (0 bytes)"
+    if decode:
+        try:
+            decode_bytes(data, path, max_pixels=max_pixels)
+        except UnreadableImageError as e:
+            return None, e.reason
+    return digest, None
+
+
+def _record(
+    path: Path, digest: str | None, reason: str | None, hashes: dict[Path, str], bad: dict[Path, str]
+) -> None:
+    """Store one file's outcome in the matching result dict."""
+    if reason is not None:
+        bad[path] = reason
+    elif digest is not None:
+        hashes[path] = digest
+
+
+@contextmanager
+def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[], None]]:
+    """Yield an `advance()` callable: a rich progress bar when enabled, a no-op otherwise."""
+    if not enabled:
+        yield lambda: None
+        return
+    # Imported lazily so the audit does not pay rich's import cost when the bar is off.
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("Auditing files"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+    ) as bar:
+        task = bar.add_task("audit", total=total)
+        yield lambda: bar.advance(task)

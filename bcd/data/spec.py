@@ -1,0 +1,68 @@
+"""The typed schema of dataset=...: the one home of the data options' defaults (conf/dataset/* compose on top of
+it through bcd.config.store, SmearDataModule takes its defaults from it), and what a run dir's recorded dataset
+section is checked against before evaluation rebuilds the data from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional  # noqa: UP035 - OmegaConf reads these annotations at run time
+
+from omegaconf import MISSING
+
+from bcd.data.decode import MAX_PIXELS
+
+DATAMODULE = "bcd.data.datamodule.SmearDataModule"
+
+
+@dataclass
+class DatasetConfig:
+    """Every argument of bcd.data.datamodule.SmearDataModule that a config sets."""
+
+    _target_: str = DATAMODULE
+    # a short name for reports and W&B
+    name: str = MISSING
+    # folder: <root>/<class>/*.jpg, split automatically
+    # presplit: <root>/{train,val,test}/<class>/*.jpg (val is carved from train when missing)
+    # manifest: a CSV (dataset.manifest) with path,label[,group][,split]; paths relative to root
+    # synthetic: generated blood smears, written once to <root>/ and then read like a folder
+    layout: str = "folder"
+    root: str = MISSING
+    manifest: Optional[str] = None  # noqa: UP045
+    # class names in a fixed order (saved with the run); null: the class folder names, sorted
+    classes: Optional[List[str]] = None  # noqa: UP006, UP045
+    # for task=binary: the classes that are benign (label 0); every other class is malignant (label 1)
+    negative_classes: Optional[List[str]] = None  # noqa: UP006, UP045
+    # reuse a split: the split_manifest.csv of an earlier run
+    split_manifest: Optional[str] = None  # noqa: UP045
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    # exact: byte-identical files always share a split side; near: also near-duplicates (resized, re-encoded
+    # copies: perceptual hashes at most near_threshold bits apart); none: ignore duplicates
+    dedup: str = "exact"
+    # dedup=near and the audit: how many of the 64 bits of two perceptual hashes may differ for a near-duplicate
+    near_threshold: int = 6
+    # null: split by image (and the manifest's group column, when there is one); proxy: images without a real
+    # group are clustered by acquisition colour (colour balance of the background and of the stain) into
+    # pseudo-sessions that the split keeps whole: a stand-in for the missing patient ids, not patients
+    groups: Optional[str] = None  # noqa: UP045
+    # groups=proxy: clusters per class (within each class, so every class has several groups to split; on the
+    # real sample 4 leave whole classes out of val and test, 8 do not)
+    proxy_groups: int = 8
+    # an unreadable file (corrupt, truncated, not an image, a broken link): fail (list them and stop) or skip
+    # (list them and go on)
+    on_bad_file: str = "fail"
+    # keep decoded images in RAM (shared by loader workers): for datasets that fit
+    cache_images: bool = False
+    # per device (Lightning's meaning); the global batch is batch_size x devices
+    batch_size: int = 32
+    # loader worker processes per device; null: with a GPU every usable core but one per device (at most 16),
+    # without one 2 (bcd.data.datamodule.default_num_workers)
+    num_workers: Optional[int] = None  # noqa: UP045
+    # draw training batches with class-balanced probabilities instead of shuffling
+    weighted_sampler: bool = False
+    # refuse images with more pixels than this (decompression bombs, wrong files)
+    max_pixels: Optional[int] = MAX_PIXELS  # noqa: UP045
+    citation: Optional[str] = None  # noqa: UP045
+    # layout=synthetic only: images per class and their side length
+    synthetic_images_per_class: int = 40
+    synthetic_image_size: int = 224

@@ -1,0 +1,194 @@
+"""Names -> code: the losses, optimizers, schedules and colour normalisations a config or a checkpoint may name.
+
+A checkpoint stores plain values: `{"name": "ce", "weighted": false, ...}`. Rebuilding a model looks the name
+up here and checks every stored field against the entry's schema (bcd.models.specs), so nothing read from
+disk can name a function to call. Checkpoints written before names were recorded hold `_target_` strings;
+the few that bcd itself wrote are mapped to their names (LEGACY_TARGETS), anything else is refused.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import MISSING as MISSING_VALUE
+from dataclasses import asdict, dataclass, fields, is_dataclass
+from typing import Any
+
+import torch
+from omegaconf import MISSING as OMEGACONF_MISSING
+from torch import nn
+
+from bcd.models import specs
+from bcd.models.colour_norm import ChannelBalance, Reinhard
+from bcd.models.losses import BinaryCrossEntropyLoss, CrossEntropyLoss, FocalLoss
+from bcd.models.schedulers import cosine_with_warmup, reduce_on_plateau
+
+
+class StoredConfigError(ValueError):
+    """A stored or configured value that names nothing bcd knows, or does not fit its schema; names the key."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One name of a group: its schema and what builds it from the schema's fields."""
+
+    schema: type
+    build: Callable[..., Any] | None
+
+
+REGISTRY: dict[str, dict[str, Entry]] = {
+    "loss": {
+        "ce": Entry(specs.CrossEntropyConfig, CrossEntropyLoss),
+        "focal": Entry(specs.FocalConfig, FocalLoss),
+        "bce": Entry(specs.BinaryCrossEntropyConfig, BinaryCrossEntropyLoss),
+    },
+    "optimizer": {
+        "adam": Entry(specs.AdamConfig, torch.optim.Adam),
+        "adamw": Entry(specs.AdamWConfig, torch.optim.AdamW),
+        "sgd": Entry(specs.SGDConfig, torch.optim.SGD),
+    },
+    "scheduler": {
+        "none": Entry(specs.NoScheduleConfig, None),
+        "cosine": Entry(specs.CosineConfig, cosine_with_warmup),
+        "plateau": Entry(specs.PlateauConfig, reduce_on_plateau),
+    },
+    "colour_norm": {
+        "none": Entry(specs.NoColourNormConfig, nn.Identity),
+        "gray_world": Entry(specs.GrayWorldConfig, lambda target: ChannelBalance(quantile=None, target=target)),
+        "white_patch": Entry(specs.WhitePatchConfig, ChannelBalance),
+        "quantile_balance": Entry(specs.QuantileBalanceConfig, ChannelBalance),
+        "reinhard": Entry(specs.ReinhardConfig, Reinhard),
+    },
+}
+
+# The `_target_` strings that checkpoints of earlier bcd versions hold, and the names they mean.
+LEGACY_TARGETS = {
+    "loss": {
+        "bcd.models.losses.CrossEntropyLoss": "ce",
+        "bcd.models.losses.FocalLoss": "focal",
+        "bcd.models.losses.BinaryCrossEntropyLoss": "bce",
+    },
+    "optimizer": {"torch.optim.Adam": "adam", "torch.optim.AdamW": "adamw", "torch.optim.SGD": "sgd"},
+    "scheduler": {
+        "bcd.models.schedulers.cosine_with_warmup": "cosine",
+        "bcd.models.schedulers.reduce_on_plateau": "plateau",
+    },
+}
+
+
+def checked(schema: type, stored: Any, where: str) -> Any:
+    """`stored` as an instance of the dataclass `schema`: every field known, present (when it has no default) and of
+    its annotated type, else an error naming the key. Values are taken as they are (nothing is resolved)."""
+    if not isinstance(stored, Mapping):
+        raise StoredConfigError(f"{where}: expected a mapping of {schema.__name__} fields, got {type(stored).__name__}")
+    known = {f.name: f for f in fields(schema)}
+    unknown = sorted(str(key) for key in stored if key not in known)
+    if unknown:
+        raise StoredConfigError(f"{where}: unknown field(s) {unknown}; {schema.__name__} has {sorted(known)}")
+    hints = typing.get_type_hints(schema)
+    values = {}
+    for name, spec_field in known.items():
+        if name in stored:
+            values[name] = _typed(hints[name], stored[name], f"{where}.{name}")
+        elif spec_field.default is MISSING_VALUE or spec_field.default == OMEGACONF_MISSING:
+            if spec_field.default_factory is MISSING_VALUE:
+                raise StoredConfigError(f"{where}.{name}: missing; {schema.__name__} needs it")
+    return schema(**values)
+
+
+def _typed(annotation: Any, value: Any, where: str) -> Any:
+    """value, checked against a type annotation of a schema (plain types, Optional, List, Dict, Any, dataclasses)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return _plain(value, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [arg for arg in args if arg is not type(None)]
+        return _typed(inner, value, where)
+    if is_dataclass(annotation):
+        return checked(annotation, value, where)
+    if origin is list and isinstance(value, list | tuple):
+        return [_typed(args[0], item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if origin is dict and isinstance(value, Mapping) and all(isinstance(key, str) for key in value):
+        return {key: _typed(args[1], item, f"{where}.{key}") for key, item in value.items()}
+    if annotation is bool and isinstance(value, bool):
+        return value
+    if annotation is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if annotation is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if annotation is str and isinstance(value, str):
+        return value
+    raise StoredConfigError(f"{where}: {value!r} is not a {getattr(annotation, '__name__', annotation)}")
+
+
+def _plain(value: Any, where: str) -> Any:
+    """A value of free-form plain data (JSON's types only)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_plain(item, where) for item in value]
+    if isinstance(value, Mapping) and all(isinstance(key, str) for key in value):
+        return {key: _plain(item, f"{where}.{key}") for key, item in value.items()}
+    raise StoredConfigError(f"{where}: {type(value).__name__} is not plain data")
+
+
+
+
+def spec(group: str, stored: Mapping[str, Any] | None, where: str) -> Any:
+    """The schema instance of a group's stored config (`{"name": ..., fields}`), checked against the registry."""
+    entries = REGISTRY[group]
+    if stored is None and group == "scheduler":
+        stored = {"name": "none"}  # checkpoints of earlier versions stored no scheduler as null
+    if not isinstance(stored, Mapping):
+        raise StoredConfigError(f"{where}: expected a mapping with a name (one of {sorted(entries)}), got {stored!r}")
+    values = dict(stored)
+    if "_target_" in values:
+        target = values.pop("_target_")
+        values.pop("_partial_", None)
+        if target not in LEGACY_TARGETS.get(group, {}):
+            raise StoredConfigError(
+                f"{where}._target_: {target!r} is not something bcd builds; a {group} is named by `name`, one of "
+                f"{sorted(entries)} (bcd.models.registry)"
+            )
+        values["name"] = LEGACY_TARGETS[group][target]
+    name = values.get("name")
+    if not isinstance(name, str) or name not in entries:
+        raise StoredConfigError(f"{where}.name: {name!r} is not one of {sorted(entries)} (bcd.models.registry)")
+    return checked(entries[name].schema, values, where)
+
+
+def mapping(stored: Any, where: str) -> dict[str, Any]:
+    """A stored section that must be a mapping, as a dict (or an error naming the key)."""
+    if not isinstance(stored, Mapping):
+        raise StoredConfigError(f"{where}: expected a mapping, got {type(stored).__name__}")
+    return dict(stored)
+
+
+def arguments_with_name(config: Any) -> dict[str, Any]:
+    """A schema instance as the plain dict a checkpoint stores (its name included)."""
+    return asdict(config)
+
+
+def arguments(config: Any) -> dict[str, Any]:
+    """A schema instance's fields as keyword arguments of what builds it (without its name)."""
+    return {key: value for key, value in asdict(config).items() if key != "name"}
+
+
+def build(group: str, config: Any, *args: Any, **kwargs: Any) -> Any:
+    """Build a group's entry from its checked config; extra arguments are what only the code knows (the class
+    weights of a loss, the parameters of an optimizer, the step counts of a schedule). None for no schedule."""
+    entry = REGISTRY[group][config.name]
+    return None if entry.build is None else entry.build(*args, **kwargs, **arguments(config))
+
+
+def build_named(group: str, stored: Mapping[str, Any] | None, where: str, *args: Any, **kwargs: Any) -> Any:
+    """build() of the checked spec() of a stored or configured `{"name": ..., fields}` (where: its config key)."""
+    return build(group, spec(group, stored, where), *args, **kwargs)
+
+
+def names(group: str) -> Iterable[str]:
+    """The names a group's config may have."""
+    return sorted(REGISTRY[group])

@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: paths, configs, command-line runs, planted data and crash hooks."""
