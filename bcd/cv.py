@@ -31,7 +31,7 @@ from bcd.models.backbone import input_size
 from bcd.models.classifier import load_classifier
 from bcd.reporting.cv_report import write_cv_report
 from bcd.reporting.predictions import columns, score_rows, write_predictions
-from bcd.runs import command_line, write_json
+from bcd.runs import check_outside_data, command_line, data_folder, write_json
 from bcd.train import train
 from bcd.tuning.study import hydra_value, on_one_device, override_key, train_in_subprocess
 from bcd.utils.errors import ConfigError
@@ -53,6 +53,7 @@ def run_cv(argv: Sequence[str]) -> dict[str, Any] | None:
     check_config(cfg)
     new_dir = Path(cfg.paths.log_dir) / cfg.task_name / "runs" / f"{datetime.now():%Y-%m-%d_%H-%M-%S-%f}"
     cv_dir = Path(cfg.cv.dir or new_dir).expanduser().resolve()
+    check_outside_data(cv_dir, data_folder(cfg.dataset), key="cv.dir" if cfg.cv.dir else "paths.log_dir")
     overrides = [*argv, f"cv.dir={hydra_value(str(cv_dir))}"]
     variants = [(cv_dir, overrides, False)]  # (CV dir, its overrides, image-level)
     if cfg.cv.compare_image_level:

@@ -48,9 +48,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         datamodule = instantiate(cfg.dataset, **options)
     else:  # the run's own data and split, rebuilt from its recorded config without running anything in it
         datamodule = run.datamodule(**options)
-    claim_run_dir(out, datamodule.root)
-    datamodule.prepare()
-    run.check_classes(datamodule.class_names, model.class_names)
+    claim_run_dir(out, None if datamodule.layout == "synthetic" else datamodule.root)
+    datamodule.prepare(expected_classes=model.class_names)
     datamodule.setup()
 
     runner = make_runner(cfg.runtime, model, pick_device(cfg.accelerator), cfg.onnx_path)

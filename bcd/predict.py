@@ -35,9 +35,10 @@ log = logging.getLogger(__name__)
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Predict every image of cfg.inputs with cfg.ckpt_path; returns what predict.json holds."""
     out = Path(cfg.paths.output_dir)
-    claim_run_dir(out)
     run = TrainedRun.from_checkpoint(cfg.ckpt_path)
     model = load_classifier(run.checkpoint)
+    inputs = Path(str(cfg.inputs)).expanduser()
+    claim_run_dir(out, inputs if inputs.is_dir() else None)  # never inside a folder of images to predict
     tta = resolve_tta(cfg.tta, model.hparams)
     device = pick_device(cfg.accelerator)
     runner = make_runner(cfg.runtime, model, device, cfg.onnx_path)

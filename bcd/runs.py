@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Dict, List  # noqa: UP035 - OmegaConf reads the annotations
+from typing import Any, Dict, List, Optional  # noqa: UP035 - the schemas' annotations are read at run time
 
 import numpy as np
 import torch
@@ -103,18 +103,29 @@ def finishing(loggers: list[Logger]) -> Iterator[None]:
 RUN_CLAIM = ".bcd-run"
 
 
-def claim_run_dir(output_dir: Path, dataset_root: str | Path | None = None) -> None:
-    """Make output_dir this run's own: refuse a dir inside the dataset folder (bcd never writes there) and one that
+def check_outside_data(output_dir: str | Path, data_root: str | Path | None, key: str = "paths.log_dir") -> None:
+    """Refuse an output dir inside the folder bcd reads images from: bcd never writes inside a dataset folder."""
+    if data_root is None:
+        return
+    output_dir, root = Path(output_dir).expanduser().resolve(), Path(str(data_root)).expanduser().resolve()
+    if output_dir.is_relative_to(root):
+        raise ConfigError(
+            f"{key}: the output dir {output_dir} is inside the data folder {root} (dataset.root or inputs); bcd never "
+            f"writes inside the dataset folder. Set {key}=/somewhere/else"
+        )
+
+
+def data_folder(dataset: Mapping[str, Any]) -> str | None:
+    """The user's folder a dataset config reads images from (None for the synthetic data bcd generates itself)."""
+    return None if dataset.get("layout") == "synthetic" else dataset.get("root")
+
+
+def claim_run_dir(output_dir: Path, data_root: str | Path | None = None) -> None:
+    """Make output_dir this run's own: refuse a dir inside the data folder (bcd never writes there) and one that
     another run claimed or wrote results into (created atomically, so of two runs started on one dir the second
     stops here)."""
     output_dir = Path(output_dir).resolve()
-    if dataset_root is not None:
-        root = Path(str(dataset_root)).expanduser().resolve()
-        if output_dir.is_relative_to(root):
-            raise ConfigError(
-                f"paths.log_dir: the run dir {output_dir} is inside dataset.root {root}; bcd never writes inside the "
-                "dataset folder. Set paths.log_dir=/somewhere/else"
-            )
+    check_outside_data(output_dir, data_root)
     ensure_new_run_dir(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -145,6 +156,22 @@ class RunMetrics:
 
 
 @dataclass
+class DataSummary:
+    """What summary.json records about the data (bcd.data.datamodule.SmearDataModule.describe)."""
+
+    name: str
+    root: str
+    fingerprint: str
+    source_classes: List[str]  # noqa: UP006
+    class_names: List[str]  # noqa: UP006
+    class_weights: List[float]  # noqa: UP006
+    counts: Dict[str, Dict[str, int]]  # noqa: UP006 - split -> class -> images
+    split_method: str
+    skipped_files: Dict[str, str]  # noqa: UP006 - path -> reason
+    citation: Optional[str] = None  # noqa: UP045
+
+
+@dataclass
 class RunSummary:
     """summary.json: what a training run found, where it came from and how to reproduce it."""
 
@@ -154,7 +181,7 @@ class RunSummary:
     model: str
     img_size: int
     class_names: List[str]  # noqa: UP006
-    dataset: Dict[str, Any]  # noqa: UP006 - SmearDataModule.describe()
+    dataset: DataSummary
     metrics: RunMetrics
     test_confusion_matrix: List[List[int]]  # noqa: UP006
     checkpoints: Checkpoints
@@ -178,7 +205,7 @@ class RunSummary:
     @property
     def split_method(self) -> str | None:
         """How the run's split kept images apart (bcd.data.splits.split_method)."""
-        return self.dataset.get("split_method")
+        return self.dataset.split_method
 
     def write(self, path: Path) -> None:
         """Write summary.json, refusing to replace an existing file."""
@@ -214,7 +241,10 @@ class TrainedRun:
         config_file, summary_file = run_dir / "config.yaml", run_dir / "summary.json"
         config = None
         if config_file.is_file():
-            config = yaml.safe_load(config_file.read_text())
+            try:  # plain YAML only: a python/object tag is refused, nothing is constructed from the file
+                config = yaml.safe_load(config_file.read_text())
+            except yaml.YAMLError as error:
+                raise StoredConfigError(f"{config_file}: not a plain YAML config ({error})".replace("\n", " ")) from None
             if not isinstance(config, dict):
                 raise StoredConfigError(f"{config_file}: expected a mapping of config groups")
         summary = RunSummary.read(summary_file) if summary_file.is_file() else None
@@ -267,15 +297,6 @@ class TrainedRun:
         calibration.check_views(tta, found)
         return calibration, found
 
-    def check_classes(self, data_classes: list[str], model_classes: list[str]) -> None:
-        """The data must have the checkpoint's own classes, in the same order."""
-        if list(data_classes) != list(model_classes):
-            raise ValueError(
-                f"dataset: classes {list(data_classes)} differ from the checkpoint's {list(model_classes)} "
-                f"({self.checkpoint}); set dataset.classes to the checkpoint's classes in the same order, or evaluate "
-                "a checkpoint trained on these classes"
-            )
-
     def datamodule(self, task: str, img_size: int, seed: int, **options: Any) -> SmearDataModule:
         """The run's own data and recorded split, rebuilt from config.yaml's dataset section as plain values
         checked against bcd.data.spec.DatasetConfig (its `_target_` must be bcd's own datamodule)."""
@@ -291,15 +312,15 @@ class TrainedRun:
             raise StoredConfigError(f"{where}._target_: {spec._target_!r}; bcd rebuilds only {DATAMODULE} from a run dir")
         fields_ = {key: value for key, value in asdict(spec).items() if key != "_target_"}
         # the summary holds the resolved folder (for synthetic data: the generated one)
-        fields_.update(layout="folder", root=self.summary.dataset["root"], split_manifest=str(self.manifest),
+        fields_.update(layout="folder", root=self.summary.dataset.root, split_manifest=str(self.manifest),
                        manifest=None, **options)
         return SmearDataModule(**fields_, task=task, img_size=img_size, seed=seed)
 
     def parity_images(self, img_size: int, count: int) -> tuple[np.ndarray, str]:
         """Up to `count` uint8 (N, 3, S, S) images: the run's test split when its data is at hand, else synthetic."""
-        root = Path(self.summary.dataset["root"]) if self.summary else None
+        root = Path(self.summary.dataset.root) if self.summary else None
         if root is not None and root.is_dir() and self.manifest.is_file():
-            samples, _ = read_manifest(self.manifest, root, self.summary.dataset.get("source_classes"),
+            samples, _ = read_manifest(self.manifest, root, self.summary.dataset.source_classes,
                                        key="dataset.split_manifest")
             paths = [s.path for s in samples if s.split == "test"][:count]
             if paths:

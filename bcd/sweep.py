@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from bcd.config.checks import check_config
 from bcd.config.files import compose
 from bcd.models.backbone import input_size
-from bcd.runs import RunSummary
+from bcd.runs import RunSummary, check_outside_data, data_folder
 from bcd.train import train
 from bcd.tuning.pruning import pruning_overrides
 from bcd.tuning.study import (
@@ -65,6 +65,7 @@ def run_sweep(cfg: DictConfig, train_overrides: Sequence[str]) -> optuna.Study:
     """Optimise until sweep.n_trials trials are COMPLETE or PRUNED (or sweep.timeout); report if asked."""
     sweep = cfg.sweep
     sweep_dir = Path(sweep.dir).resolve()
+    check_outside_data(sweep_dir, data_folder(compose_train(train_overrides).dataset), key="sweep.dir")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     space = search_space(sweep.params, sweep.sampler)
     for arg in train_overrides:
@@ -121,10 +122,10 @@ def run_trial(trial: optuna.Trial, sweep: DictConfig, space: dict, sweep_dir: Pa
     started = time.time()
     run_dir = new_trial_dir(sweep_dir, trial.number)
     trial.set_user_attr("run_dir", str(run_dir))
-    params = suggest(trial, space, sweep.sampler)
-    overrides = [*base, *(f"{key}={hydra_value(value)}" for key, value in params.items())]
-    overrides += pruning_overrides(sweep, sweep_dir, trial.number)
     try:
+        params = suggest(trial, space, sweep.sampler)
+        overrides = [*base, *(f"{key}={hydra_value(value)}" for key, value in params.items())]
+        overrides += pruning_overrides(sweep, sweep_dir, trial.number)
         cfg = compose_train([*overrides, f"paths.output_dir={hydra_value(str(run_dir))}"])
         if cfg.logger and cfg.logger.get("wandb"):  # one W&B run per trial, grouped by study
             overrides += [f"logger.wandb.group={hydra_value(sweep.study_name)}",

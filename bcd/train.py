@@ -7,6 +7,7 @@ test the chosen checkpoint (test_checkpoint: best or last) on ONE device (exact 
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from bcd.config.checks import check_config, instantiate_dict, to_plain
@@ -22,12 +24,15 @@ from bcd.data.colour_range import colour_range
 from bcd.inference.testing import Tester
 from bcd.models.backbone import input_size
 from bcd.models.classifier import Classifier, load_classifier
+from bcd.models.registry import checked
 from bcd.runs import (
     Checkpoints,
+    DataSummary,
     RunMetrics,
     RunSummary,
     claim_run_dir,
     command_line,
+    data_folder,
     finishing,
     is_main_process,
     library_versions,
@@ -46,7 +51,7 @@ def train(cfg: DictConfig) -> RunSummary | None:
     check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     if is_main_process():
-        claim_run_dir(output_dir, cfg.dataset.root)
+        claim_run_dir(output_dir, data_folder(cfg.dataset))
     L.seed_everything(cfg.seed, workers=True)
 
     img_size = input_size(cfg.model)
@@ -82,7 +87,7 @@ def train(cfg: DictConfig) -> RunSummary | None:
         logger.log_hyperparams({"config": to_plain(cfg)})
 
     with finishing(loggers):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        fit(trainer, model, datamodule, cfg.ckpt_path, output_dir)
         fitted = time.time()
         if trainer.global_rank != 0:
             return None
@@ -99,6 +104,19 @@ def train(cfg: DictConfig) -> RunSummary | None:
     log.info("test metrics: %s", {k: round(v, 4) for k, v in test_metrics.items() if k.count("/") == 1})
     log.info("run dir: %s", output_dir)
     return summary
+
+
+def fit(trainer: L.Trainer, model: Classifier, datamodule: L.LightningDataModule, ckpt_path: str | None,
+        output_dir: Path) -> None:
+    """trainer.fit; a run stopped by SIGTERM (a scheduler's time limit, `kill`) exits with 143, saying how to resume."""
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        last = output_dir / "checkpoints" / "last.ckpt"
+        resume = (f"resume with ckpt_path={last} (and the same overrides)" if last.is_file()
+                  else "no epoch had finished, so there is no checkpoint to resume from; start it again")
+        log.error("interrupted (SIGTERM) in epoch %d: no summary.json was written; %s", trainer.current_epoch, resume)
+        raise SystemExit(128 + signal.SIGTERM) from None
 
 
 def test_on_one_device(
@@ -142,7 +160,7 @@ def run_summary(
         model=cfg.model.name,
         img_size=datamodule.img_size,
         class_names=datamodule.class_names,
-        dataset=datamodule.describe(),
+        dataset=checked(DataSummary, datamodule.describe(), "dataset"),
         metrics=RunMetrics(test=test_metrics, final=final_metrics),
         test_confusion_matrix=test_confusion,
         checkpoints=Checkpoints(best=_best_checkpoint(trainer), last=_last_checkpoint(trainer)),

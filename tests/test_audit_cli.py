@@ -55,5 +55,5 @@ def test_audit_refuses_to_write_inside_the_dataset_folder(tmp_path: Path) -> Non
     root = tmp_path / "images"
     write_sessions(root, per_session=2, sessions=2)
     cfg = compose_config("audit", ["dataset=folder", f"dataset.root={root}", f"paths.output_dir={root / 'audit_run'}"])
-    with pytest.raises(ConfigError, match="inside dataset.root"):
+    with pytest.raises(ConfigError, match="inside the data folder"):
         run_audit(cfg)

@@ -233,7 +233,7 @@ def test_evaluate_reports_accuracy_under_colour_shifts(normalised_run: dict, tmp
     report = (out / "report.md").read_text()
     assert "Colour shifts" in report and (out / "colour_shift.png").is_file()
     # every number says what its split kept apart: the training run's split method, recorded in summary.json
-    assert normalised_run.dataset["split_method"] == result["split_method"] == "exact-dedup"
+    assert normalised_run.dataset.split_method == result["split_method"] == "exact-dedup"
     assert "exact-dedup split" in report and "exact-dedup split" in (out / "MODEL_CARD.md").read_text()
     with (out / "predictions.csv").open(newline="") as handle:
         assert len(list(csv.DictReader(handle))) == result["n_images"]

@@ -29,7 +29,7 @@ def test_ddp_on_cpu_gives_one_run_and_exact_test_metrics(synthetic_cache: Path, 
     # evaluate the same checkpoint on the same split in this single process
     model = load_classifier(summary.checkpoints.best)
     datamodule = SmearDataModule(
-        name="synthetic", layout="folder", root=summary.dataset["root"], num_workers=0, batch_size=8,
+        name="synthetic", layout="folder", root=summary.dataset.root, num_workers=0, batch_size=8,
         img_size=IMG, split_manifest=str(run / "split_manifest.csv"),
     )
     datamodule.prepare()
@@ -37,5 +37,5 @@ def test_ddp_on_cpu_gives_one_run_and_exact_test_metrics(synthetic_cache: Path, 
     (expected,) = tester.test(Tester(model), datamodule=datamodule, verbose=False)
     for key, value in expected.items():
         assert summary.metrics.test[key] == pytest.approx(value, abs=1e-6), key
-    counts = summary.dataset["counts"]["test"]
+    counts = summary.dataset.counts["test"]
     assert sum(sum(row) for row in summary.test_confusion_matrix) == sum(counts.values())

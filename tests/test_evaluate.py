@@ -28,7 +28,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_cache: Path) -> 
 
 def test_evaluate_writes_the_whole_report(trained: RunSummary, tmp_path: Path) -> None:
     result, out = run_evaluate(tmp_path, f"ckpt_path={trained.checkpoints.best}")
-    n_test = sum(trained.dataset["counts"]["test"].values())
+    n_test = sum(trained.dataset.counts["test"].values())
     assert result["n_images"] == n_test
     for name in ("acc", "balanced_acc", "macro_f1", "auroc", "sensitivity", "specificity", "f1/Benign"):
         estimate = result["metrics"][name]

@@ -68,7 +68,7 @@ def test_onnx_export_matches_torch(trained: RunSummary, onnx_export: tuple[dict,
     assert saved["file"] == "model.onnx" and saved["format"] == "onnx" and saved["opset"] >= 17
     assert saved["class_names"] == trained.class_names and saved["img_size"] == IMG
     assert saved["input"]["shape"] == ["N", 3, IMG, IMG] and saved["output"]["shape"] == ["N", 4]
-    n_test = sum(trained.dataset["counts"]["test"].values())
+    n_test = sum(trained.dataset.counts["test"].values())
     assert saved["parity"]["n_images"] == min(16, n_test) and saved["parity"]["images"].startswith("test split")
     assert saved["parity"]["max_abs_diff_probs"] <= 1e-4 and saved["temperature"] is None
 

@@ -41,6 +41,6 @@ def test_a_few_training_batches_on_real_images(real_root: Path, train_run) -> No
         "dataset=taleqani_all", f"dataset.root={real_root}", "model=tiny", "model.img_size=64",
         "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2",
     )
-    assert summary.dataset["counts"]["train"]["Benign"] > 50
+    assert summary.dataset.counts["train"]["Benign"] > 50
     assert summary.global_step == 3
     assert summary.metrics.test["test/loss"] > 0

@@ -11,13 +11,30 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from bcd.sweep import compose_overrides, run_sweep
-from bcd.tuning.study import make_storage, new_trial_dir, open_study, search_space, storage_url
+from bcd.sweep import compose_overrides, compose_train, run_sweep
+from bcd.tuning.study import (
+    hydra_value,
+    make_storage,
+    new_trial_dir,
+    open_study,
+    search_space,
+    storage_url,
+    suggest,
+)
 from bcd.utils.errors import ConfigError
 from tests.helpers.cli import run_cli
 from tests.helpers.configs import tiny_overrides
 
 DROP_RATE_SPACE = ["~sweep.params", "+sweep.params={model:{drop_rate:{type:float,low:0.0,high:0.3}}}"]
+SPACE = search_space(
+    {
+        "loss": {"type": "categorical", "choices": ["ce", "focal"]},
+        "optimizer": {"lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}},
+        "dataset": {"batch_size": {"type": "int", "low": 8, "high": 64}},
+    },
+    "tpe",
+)
+GRID = search_space({"trainer": {"accumulate_grad_batches": {"type": "int", "choices": [1, 2]}}}, "grid")
 
 
 def sweep_args(synthetic_cache: Path, sweep_dir: Path, *args: str) -> list[str]:
@@ -59,6 +76,60 @@ def test_search_space_errors_name_the_key() -> None:
     assert set(search_space(cfg.sweep.params, "grid")) == {
         "optimizer.lr", "optimizer.weight_decay", "augmentation", "dataset.batch_size"
     }
+
+
+def queued_trial(sweep_dir: Path, params: dict) -> optuna.Trial:
+    """The trial a worker gets next from the study in sweep_dir/study.db after `params` were queued there."""
+    storage = make_storage(storage_url(None, sweep_dir))
+    study = optuna.create_study(study_name="crafted", storage=storage, load_if_exists=True)
+    study.enqueue_trial(params)
+    return study.ask()
+
+
+def test_suggest_returns_the_queued_values_the_space_allows(tmp_path: Path) -> None:
+    queued = {"loss": "focal", "optimizer.lr": 1e-3, "dataset.batch_size": 32}
+    assert suggest(queued_trial(tmp_path, queued), SPACE, "tpe") == queued
+    sampled = suggest(queued_trial(tmp_path, {}), SPACE, "tpe")
+    assert sampled["loss"] in ("ce", "focal") and 1e-5 <= sampled["optimizer.lr"] <= 1e-2
+    assert type(sampled["dataset.batch_size"]) is int and 8 <= sampled["dataset.batch_size"] <= 64
+    assert suggest(queued_trial(tmp_path, {"trainer.accumulate_grad_batches": 2}), GRID, "grid") == {
+        "trainer.accumulate_grad_batches": 2
+    }
+
+
+@pytest.mark.parametrize(
+    ("space", "sampler", "key", "crafted"),
+    [
+        (SPACE, "tpe", "loss", {"_target_": "os.system", "command": "touch pwned"}),
+        (SPACE, "tpe", "loss", "ce,+callbacks.evil._target_=os.system"),
+        (SPACE, "tpe", "loss", ["ce", "focal"]),
+        (SPACE, "tpe", "optimizer.lr", "1e-3"),  # a number's text, which Optuna would pass on as a string
+        (SPACE, "tpe", "optimizer.lr", 0.5),  # above high: Optuna only warns
+        (SPACE, "tpe", "optimizer.lr", {"_target_": "os.system"}),
+        (SPACE, "tpe", "dataset.batch_size", 4096),
+        (GRID, "grid", "trainer.accumulate_grad_batches", True),  # Optuna takes True for the choice 1
+        (GRID, "grid", "trainer.accumulate_grad_batches", 3),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:Fixed parameter")  # Optuna's own warning for a value out of range
+def test_suggest_refuses_a_value_the_study_database_should_not_hold(
+    tmp_path: Path, space: dict, sampler: str, key: str, crafted: object
+) -> None:
+    with pytest.raises(ConfigError, match="study database holds a value the search space") as refused:
+        suggest(queued_trial(tmp_path, {key: crafted}), space, sampler)
+    assert f"study 'crafted' in sqlite:///{tmp_path}/study.db, trial 0, param {key}:" in str(refused.value)
+    assert f"(sweep.params.{key}) does not allow" in str(refused.value)
+
+
+def test_hydra_value_writes_a_string_choice_as_one_string() -> None:
+    texts = [
+        "a,b", "{_target_: os.system}", "[ce,focal]", "x,+callbacks.evil._target_=os.system",
+        "${oc.env:HOME}", "\\${oc.env:HOME}", "it's a back\\slash\\", "123", "null", "True", "efficientnet_b1",
+    ]  # fmt: skip
+    assert hydra_value("a,b") == "'a,b'" and hydra_value("efficientnet_b1") == "efficientnet_b1"
+    cfg = compose_train([f"+probe.text{i}={hydra_value(text)}" for i, text in enumerate(texts)])
+    composed = [cfg.probe[f"text{i}"] for i in range(len(texts))]
+    assert composed == texts and all(type(value) is str for value in composed)
 
 
 def test_a_trial_never_reuses_a_dir_a_killed_attempt_left(tmp_path: Path) -> None:

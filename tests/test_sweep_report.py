@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import optuna
 import pytest
@@ -107,6 +110,20 @@ def test_sweep_md_names_best_trial_failures_and_pruning(report: Path) -> None:
 @pytest.mark.parametrize("name", FIGURES)
 def test_figures_are_readable_pngs(report: Path, name: str) -> None:
     assert_png(report.parent / name)
+
+
+def test_optuna_figures_keep_their_style_and_warnings_to_themselves(tmp_path: Path) -> None:
+    """Optuna's plots switch to ggplot and warn they are experimental; neither may leak into the caller."""
+    style = dict(matplotlib.rcParams)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        write_sweep_report(sweep_study(), tmp_path / "first")
+    assert not [w for w in caught if issubclass(w.category, optuna.exceptions.ExperimentalWarning)]
+    assert dict(matplotlib.rcParams) == style and plt.get_fignums() == []
+    # fANOVA runs with a fixed seed, so a rerun of the report draws the same importances
+    write_sweep_report(sweep_study(), tmp_path / "second")
+    for name in ("history.png", "importance.png"):
+        assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes()
 
 
 def test_pareto_front_on_hand_made_points() -> None:

@@ -33,7 +33,7 @@ def test_cli_run_dir_holds_everything(synthetic_cache: Path, tmp_path: Path) -> 
     assert summary.class_names == ["Benign", "Early", "Pre", "Pro"]
     assert 0.0 <= summary.metrics.test["test/acc"] <= 1.0
     assert len(summary.test_confusion_matrix) == 4
-    assert summary.dataset["fingerprint"]
+    assert summary.dataset.fingerprint
     assert summary.versions["torch"] == torch.__version__.split("+")[0] or summary.versions["torch"]
 
 

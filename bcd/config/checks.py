@@ -24,6 +24,7 @@ def check_config(cfg: DictConfig) -> None:
             f"trainer.accelerator={accelerator} but this machine has no usable CUDA GPU "
             "(torch.cuda.is_available() is False); use trainer.accelerator=cpu or auto"
         )
+    _check_training_length(cfg.trainer)
     if cfg.task.name not in ("multiclass", "binary"):
         raise ConfigError(f"task: {cfg.task.name!r} is not one of ['multiclass', 'binary']")
     if cfg.get("test_checkpoint", "best") not in ("best", "last"):
@@ -34,6 +35,23 @@ def check_config(cfg: DictConfig) -> None:
     if ema_epochs is not None and (isinstance(ema_epochs, bool) or not isinstance(ema_epochs, (int, float))
                                    or ema_epochs <= 0):
         raise ConfigError(f"ema_epochs: {ema_epochs!r} is not a positive number of epochs (or null for no averaging)")
+
+
+def _check_training_length(trainer: DictConfig) -> None:
+    """Refuse a trainer that stops before its first step: the test would then score untrained weights."""
+    # Lightning's own meanings stay valid: max_epochs null (max_steps decides, else 1000 epochs) and -1 (no limit);
+    # 0 passes Lightning's checks and fits nothing, and below -1 fails only after the data is prepared.
+    allowed = {
+        "max_epochs": ">= 1 (or null or -1 with +trainer.max_steps=N to count steps instead)",
+        "max_steps": ">= 1 (or -1 for no step limit)",
+    }
+    for key, fix in allowed.items():
+        value = trainer.get(key)
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if value is not None and value != -1 and not (whole and value >= 1):
+            raise ConfigError(
+                f"trainer.{key}: {value!r} trains nothing, so the test would score untrained weights; it must be {fix}"
+            )
 
 
 def to_plain(node: Any) -> Any:

@@ -1,8 +1,8 @@
 """Where the config files are, and composing a config the way `python -m bcd.<command>` does.
 
-conf/ (and experiments/, which conf/experiment links to) sit at the top of the repository; a wheel carries
-them inside the package as bcd/conf (pyproject.toml maps them there), so an installed bcd composes its configs
-from any working directory.
+conf/ (and experiments/, which conf/experiment links to) sit at the top of the repository; bcd/conf links to
+them in a checkout, and a wheel holds the files themselves there (pyproject.toml's package-data), so an
+installed bcd composes its configs from any working directory.
 """
 
 from __future__ import annotations
@@ -18,15 +18,14 @@ from bcd.config.store import register_configs
 
 
 def _config_dir() -> Path:
-    """bcd/conf inside an installed wheel, else the checkout's conf/."""
-    package = Path(__file__).resolve().parents[1]
-    for candidate in (package / "conf", package.parent / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"bcd's config files are missing (looked for {package / 'conf'} and {package.parent / 'conf'}); "
-        "reinstall bcd (pip install bcd-*.whl, or pip install -e . in a checkout)"
-    )
+    """bcd/conf: the files inside an installed wheel, the link to conf/ in a checkout."""
+    found = Path(__file__).resolve().parents[1] / "conf"
+    if not (found / "train.yaml").is_file():
+        raise FileNotFoundError(
+            f"bcd's config files are missing from {found}; reinstall bcd (pip install bcd-*.whl, or pip install -e . "
+            "in a checkout, where bcd/conf links to ../conf)"
+        )
+    return found
 
 
 CONFIG_DIR = _config_dir()

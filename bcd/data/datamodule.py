@@ -131,8 +131,9 @@ class SmearDataModule(L.LightningDataModule):
         self.datasets: dict[str, SmearDataset] = {}
 
     # ---- preparing the split (once per process, before the model is built) ----
-    def prepare(self, output_dir: Path | None = None) -> None:
-        """Scan, audit and split the data; write the manifest (and skipped files) to output_dir when given."""
+    def prepare(self, output_dir: Path | None = None, expected_classes: Sequence[str] | None = None) -> None:
+        """Scan, audit and split the data; write the manifest (and skipped files) to output_dir when given.
+        expected_classes: the classes a trained model predicts, which the data must have (in that order)."""
         root = self.data_dir = self.data_root()
         if self.split_manifest is not None:
             samples, classes = read_manifest(self.split_manifest, root, self.classes, key="dataset.split_manifest")
@@ -140,6 +141,12 @@ class SmearDataModule(L.LightningDataModule):
             samples, classes = load_samples(self.layout, root, self.classes, self.manifest)
         self.source_classes = classes
         self._check_task_classes()
+        if expected_classes is not None and self.class_names != list(expected_classes):
+            raise DatasetError(
+                f"dataset: classes {self.class_names} differ from the checkpoint's {list(expected_classes)}; set "
+                "dataset.classes to the checkpoint's classes in the same order, or evaluate a checkpoint trained on "
+                "these classes"
+            )
         audit = audit_files([s.path for s in samples], max_pixels=self.max_pixels)
         self.bad_files = audit.bad
         if audit.bad and self.on_bad_file == "fail":
@@ -166,8 +173,17 @@ class SmearDataModule(L.LightningDataModule):
         log.info("dataset %s: %s", self.name, json.dumps(split_counts(self.samples, self.source_classes)))
         if output_dir is not None:
             write_manifest(Path(output_dir) / "split_manifest.csv", self.samples, root)
-            if audit.bad:
-                (Path(output_dir) / "skipped_files.txt").write_text(format_bad_files(audit.bad, limit=10**9) + "\n")
+        if audit.bad:
+            self._report_skipped(audit.bad, output_dir)
+
+    def _report_skipped(self, bad: dict[Path, str], output_dir: Path | None) -> None:
+        """Warn that dataset.on_bad_file=skip left files out, listing them in output_dir/skipped_files.txt."""
+        if output_dir is None:
+            log.warning("dataset.on_bad_file=skip, leaving out %s", format_bad_files(bad, limit=5))
+            return
+        skipped = Path(output_dir) / "skipped_files.txt"
+        skipped.write_text(format_bad_files(bad, limit=10**9) + "\n")
+        log.warning("dataset.on_bad_file=skip: left out %d unreadable file(s); they are listed in %s", len(bad), skipped)
 
     @property
     def split_method(self) -> str:
@@ -184,7 +200,14 @@ class SmearDataModule(L.LightningDataModule):
         return check_root(self.root)
 
     def _check_task_classes(self) -> None:
-        """task=binary needs dataset.negative_classes, and they must be classes of the dataset."""
+        """Every task needs two classes or more; task=binary needs dataset.negative_classes among them."""
+        if len(self.source_classes) < 2:
+            source = self.split_manifest or (self.manifest if self.layout == "manifest" else self.data_dir)
+            found = f"only one class ({self.source_classes[0]!r})" if self.source_classes else "no class"
+            raise DatasetError(
+                f"dataset: found {found} in {source}; a classifier needs at least two classes: point dataset.root "
+                "(or dataset.manifest) at the whole dataset, or list two or more classes in dataset.classes"
+            )
         if self.task != "binary":
             return
         if not self.negative_classes:

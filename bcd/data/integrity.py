@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -26,7 +27,8 @@ class FileAudit:
     hashes: dict[Path, str]
     """sha1 hex of the file bytes, for every file that passed the checks (disjoint from `bad`)."""
     bad: dict[Path, str]
-    """path -> reason, for files that are missing, unreadable or (with decode=True) undecodable."""
+    """path -> reason, for files that are missing, unreadable, broken or looping symbolic links, or (with
+    decode=True) undecodable."""
 
     def duplicate_groups(self) -> list[list[Path]]:
         """Groups (size >= 2) of byte-identical files, each sorted, the list sorted by first path."""
@@ -93,11 +95,11 @@ def _check_file(path: Path, decode: bool, max_pixels: int | None) -> tuple[str |
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return None, "file not found"
+        return None, f"broken symbolic link -> {os.readlink(path)}" if path.is_symlink() else "file not found"
     except IsADirectoryError:
         return None, "is a directory, not a file"
     except OSError as e:
-        return None, f"cannot read file ({e.strerror or e})"
+        return None, "symbolic link loop" if e.errno == errno.ELOOP else f"cannot read file ({e.strerror or e})"
     digest = hashlib.sha1(data).hexdigest()
     if not data:
         # Checked even without decoding: an empty file is never a usable image and is cheap to spot.

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import difflib
 import logging
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bcd.data.decode import IMAGE_EXTENSIONS
 
@@ -14,6 +17,11 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 LAYOUTS = ("folder", "presplit", "manifest", "synthetic")
+# A manifest label is taken for a typo of another when it has at most TYPO_SHARE as many rows as that label and
+# difflib rates the two spellings at least TYPO_SIMILARITY alike ('Benjgn' vs 'Benign': 0.83; 'Pre' vs 'Pro': 0.67).
+# A genuinely rare class with a close name is kept by listing it in dataset.classes, which skips this guess.
+TYPO_SHARE = 0.1
+TYPO_SIMILARITY = 0.8
 
 
 class DatasetError(ValueError):
@@ -43,8 +51,12 @@ def check_root(root: str | Path) -> Path:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Every file under folder (recursively) with an image extension, sorted."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    """Every file under folder (recursively) with an image extension, sorted; symbolic links that lead nowhere
+    (broken, looping) are listed too, so reading them reports them instead of dropping them unnoticed."""
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and (p.is_file() or (p.is_symlink() and not p.exists()))
+    )
 
 
 def resolve_classes(found: Sequence[str], classes: Sequence[str] | None, where: Path) -> list[str]:
@@ -106,32 +118,119 @@ def read_manifest(csv_path: str | Path, root: Path, classes: Sequence[str] | Non
 ]:
     """Samples from a CSV with columns path,label[,group][,split][,sha1]; paths are relative to root."""
     csv_path = Path(csv_path).expanduser().resolve()
-    if not csv_path.is_file():
-        raise DatasetError(f"{key}: {csv_path} does not exist; pass the CSV file with path,label columns")
-    with csv_path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        if "path" not in columns or "label" not in columns:
-            raise DatasetError(f"{key}: {csv_path} needs columns path and label (found: {columns})")
-        rows = list(reader)
-    if not rows:
-        raise DatasetError(f"{key}: {csv_path} has no rows")
-    labels_seen = sorted({row["label"] for row in rows})
-    class_names = list(classes) if classes is not None else labels_seen
+    where = f"{key}: {csv_path}"
+    rows = _read_rows(csv_path, where)
+    if classes is None:
+        # without dataset.classes every label becomes a class, so a misspelt label would silently add one
+        _check_labels(rows, where)
+    class_names = list(classes) if classes is not None else sorted({row["label"] for row in rows.values()})
     samples, problems = [], []
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows.items():
         sample, problem = _manifest_row(row, root, class_names)
         if problem:
             problems.append(f"  line {line}: {problem}")
         else:
             samples.append(sample)
     if problems:
-        shown = "\n".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
-        raise DatasetError(f"{key}: {csv_path} has {len(problems)} bad row(s):\n{shown}")
+        raise DatasetError(f"{where} has {len(problems)} bad row(s):\n{_first(problems)}")
+    _check_duplicate_paths(rows, root, where)
     with_split = sum(s.split is not None for s in samples)
     if 0 < with_split < len(samples):
-        raise DatasetError(f"{key}: {csv_path}: fill the split column for every row or for none")
+        raise DatasetError(f"{where}: fill the split column for every row or for none")
     return samples, class_names
+
+
+def _read_rows(csv_path: Path, where: str) -> dict[int, dict[str, str]]:
+    """The manifest's rows by the CSV line number they end on; fails on a missing file, columns or rows."""
+    if not csv_path.is_file():
+        raise DatasetError(f"{where} does not exist; pass the CSV file with path,label columns")
+    with csv_path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        if "path" not in columns or "label" not in columns:
+            raise DatasetError(f"{where} needs columns path and label (found: {columns})")
+        rows: dict[int, dict[str, str]] = {}
+        for row in reader:  # line_num counts physical lines, so blank lines and quoted newlines keep numbers right
+            rows[reader.line_num] = row
+    if not rows:
+        raise DatasetError(f"{where} has no rows")
+    return rows
+
+
+def _check_labels(rows: dict[int, dict[str, str]], where: str) -> None:
+    """Refuse labels that differ only in case, or that look like a typo of a far more common label."""
+    lines = _lines_by(rows, lambda row: row["label"])
+    _check_case_variants(lines, where)
+    typos = [_typo(label, lines) for label in sorted(lines)]
+    if any(typos):
+        raise DatasetError(
+            f"{where} has labels that look like typos:\n" + "\n".join(t for t in typos if t)
+            + f"\nfix the labels, or set dataset.classes=[{','.join(sorted(lines))}] if they are real classes"
+        )
+
+
+def _check_case_variants(lines: dict[str, list[int]], where: str) -> None:
+    """Refuse labels that differ only in case ('benign', 'Benign'), naming the lines of each spelling."""
+    by_case: dict[str, list[str]] = defaultdict(list)
+    for label in sorted(lines):
+        by_case[label.casefold()].append(label)
+    variants = [spellings for spellings in by_case.values() if len(spellings) > 1]
+    if variants:
+        listed = ["  " + " and ".join(f"{label!r} ({_line_list(lines[label])})" for label in group) for group in variants]
+        raise DatasetError(
+            f"{where} has labels that differ only in case, which would become separate classes:\n"
+            + "\n".join(listed) + "\nuse one spelling for every row of a class (labels are case-sensitive)"
+        )
+
+
+def _typo(label: str, lines: dict[str, list[int]]) -> str:
+    """A line describing `label` as a likely typo of a far more common label (see TYPO_SHARE), or ''."""
+    count = len(lines[label])
+    common = [other for other, rows in lines.items() if count <= TYPO_SHARE * len(rows)]
+    match = difflib.get_close_matches(label, common, n=1, cutoff=TYPO_SIMILARITY)
+    if not match:
+        return ""
+    return (
+        f"  label {label!r} ({_line_list(lines[label])}) has {count} row(s) against {len(lines[match[0]])} of "
+        f"{match[0]!r}: did you mean {match[0]!r}?"
+    )
+
+
+def _check_duplicate_paths(rows: dict[int, dict[str, str]], root: Path, where: str) -> None:
+    """Refuse an image listed in more than one row: it would be counted (and scored) more than once."""
+    lines = _lines_by(rows, lambda row: (root / row["path"]).resolve())
+    repeated = {path: found for path, found in lines.items() if len(found) > 1}
+    if not repeated:
+        return
+    listed = [
+        f"  {rows[found[0]]['path']} ({_line_list(found)}, labels {sorted({rows[n]['label'] for n in found})})"
+        for found in repeated.values()
+    ]
+    raise DatasetError(
+        f"{where} lists {len(repeated)} image(s) in more than one row:\n{_first(listed)}\n"
+        "keep one row per image, with its correct label"
+    )
+
+
+def _lines_by(rows: dict[int, dict[str, str]], key: Callable[[dict[str, str]], Any]) -> dict[Any, list[int]]:
+    """The line numbers of the rows, grouped by key(row)."""
+    grouped: dict[Any, list[int]] = defaultdict(list)
+    for line, row in rows.items():
+        grouped[key(row)].append(line)
+    return grouped
+
+
+def _first(lines: list[str], limit: int = 20) -> str:
+    """The first `limit` lines joined, with a count of the rest."""
+    return "\n".join(lines[:limit]) + (f"\n  ... and {len(lines) - limit} more" if len(lines) > limit else "")
+
+
+def _line_list(lines: list[int], limit: int = 10) -> str:
+    """'line 7' or 'lines 2, 3, 9', cut after `limit` numbers with a count of the rest."""
+    if len(lines) == 1:
+        return f"line {lines[0]}"
+    more = f" and {len(lines) - limit} more" if len(lines) > limit else ""
+    return "lines " + ", ".join(map(str, lines[:limit])) + more
 
 
 def _manifest_row(row: dict[str, str], root: Path, class_names: Sequence[str]) -> tuple[Sample | None, str]:

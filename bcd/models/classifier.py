@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, List, Optional  # noqa: UP035 - the stored schema's annotations are read at run time
 
 import lightning as L
 import torch
@@ -154,24 +154,37 @@ class Classifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
 
+@dataclass
+class StoredHparams:
+    """What a checkpoint's hyper_parameters may hold: the Classifier's arguments, as plain values."""
+
+    class_names: List[str]  # noqa: UP006
+    task: str
+    model: Dict[str, Any]  # noqa: UP006 - checked against ModelConfig by the Classifier
+    loss: Dict[str, Any]  # noqa: UP006 - loss, optimizer, scheduler, colour_norm: against bcd.models.registry
+    optimizer: Dict[str, Any]  # noqa: UP006
+    scheduler: Optional[Dict[str, Any]] = None  # noqa: UP006, UP045
+    class_weights: Optional[List[float]] = None  # noqa: UP006, UP045
+    normalize: str = "model"
+    colour_norm: Optional[Dict[str, Any]] = None  # noqa: UP006, UP045
+    colour_range: Optional[Dict[str, List[float]]] = None  # noqa: UP006, UP045
+    tta: bool = False
+
+
 def load_classifier(ckpt_path: str | Path, map_location: str = "cpu") -> Classifier:
     """Rebuild a trained classifier from a bcd checkpoint: tensors and plain values only (weights_only=True), every
     stored field checked against its schema (nothing stored names code), the trained weights from the file."""
     checkpoint = read_checkpoint(ckpt_path, map_location)
     where = f"ckpt_path: {ckpt_path}: hyper_parameters"
-    hparams = checkpoint.get("hyper_parameters")
-    if not isinstance(hparams, Mapping):
+    if not isinstance(checkpoint.get("hyper_parameters"), Mapping):
         raise CheckpointError(f"{where} are missing; this is not a checkpoint written by bcd.train")
-    unknown = sorted(set(hparams) - set(inspect.signature(Classifier.__init__).parameters) - {"self"})
-    if unknown:
-        raise StoredConfigError(f"{where}: unknown field(s) {unknown}")
-    stored = dict(hparams)
+    stored = asdict(checked(StoredHparams, checkpoint["hyper_parameters"], where))
+    if not stored["class_names"]:
+        raise StoredConfigError(f"{where}.class_names: empty")
     # the checkpoint holds the trained weights; do not download or re-read the initial ones
-    stored["model"] = {**registry.mapping(stored.get("model"), f"{where}.model"), "pretrained": False,
-                       "weights_path": None}
-    stored["class_names"] = _strings(stored.get("class_names"), f"{where}.class_names")
+    stored["model"] = {**stored["model"], "pretrained": False, "weights_path": None}
     for group in ("loss", "optimizer", "scheduler", "colour_norm"):
-        if group in stored:  # through the registry: a legacy `_target_` becomes its name, anything else is refused
+        if stored[group] is not None:  # a legacy `_target_` becomes its name, anything else is refused
             stored[group] = registry.arguments_with_name(registry.spec(group, stored[group], f"{where}.{group}"))
     try:
         model = Classifier(**stored)
@@ -179,10 +192,3 @@ def load_classifier(ckpt_path: str | Path, map_location: str = "cpu") -> Classif
         raise StoredConfigError(f"{where}: {error}") from error
     model.load_state_dict(checkpoint["state_dict"])
     return model
-
-
-def _strings(value: Any, where: str) -> list[str]:
-    """A stored list of strings (class names), or an error naming the key."""
-    if not isinstance(value, list | tuple) or not value or not all(isinstance(v, str) for v in value):
-        raise StoredConfigError(f"{where}: expected a list of class names, got {value!r}")
-    return list(value)

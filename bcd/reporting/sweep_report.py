@@ -1,7 +1,9 @@
 """Sweep report: turn a finished (or running) Optuna study into sweep.md, trials.csv and a few PNGs.
 
-The figures use matplotlib directly, not `optuna.visualization`, because that needs plotly, and they share
-the look of the evaluation report (`bcd.reporting.plots`).
+The optimisation history and the parameter importances are Optuna's own matplotlib plots
+(`optuna.visualization.matplotlib`, no plotly needed). The metric-by-model and Pareto figures stay our own,
+drawn like the evaluation report (`bcd.reporting.plots`), because Optuna has no per-choice mean ± std plot
+and its Pareto plot needs a multi-objective study, not a metric against recorded user attrs.
 """
 
 from __future__ import annotations
@@ -9,18 +11,23 @@ from __future__ import annotations
 import csv
 import math
 import re
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 import optuna
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.axes import Axes
+from matplotlib.ticker import FuncFormatter
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
+from optuna.visualization import matplotlib as optuna_plots
 
 # Reuse the evaluation report's figure helper so both reports look alike (Agg backend, dpi, rc style).
-from bcd.reporting.plots import saved_figure, series_colour
+from bcd.reporting.plots import DPI, saved_figure, series_colour
 
 __all__ = ["write_sweep_report"]
 
@@ -78,7 +85,7 @@ def write_sweep_report(
     figures = {
         "metric_by_model.png": lambda path: _plot_metric_by_group(complete, group, metric, path),
         "pareto.png": lambda path: _plot_pareto(complete, group, metric, maximize, path),
-        "history.png": lambda path: _plot_history(complete, metric, maximize, path),
+        "history.png": lambda path: _plot_history(study, complete, metric, path),
         "importance.png": lambda path: _plot_importance(study, complete, metric, path),
     }
     outcomes = {name: _render(plot, sweep_dir / name) for name, plot in figures.items()}
@@ -339,58 +346,52 @@ def _pareto_panel(
                     fontsize=8)  # fmt: skip
 
 
-def _plot_history(complete: Sequence[FrozenTrial], metric: str, maximize: bool, path: Path) -> None:
-    """Objective per trial number for COMPLETE trials, with the best-so-far line."""
+@contextmanager
+def _optuna_figure() -> Iterator[None]:
+    """Keep an Optuna plot's side effects local: its ggplot style, its ExperimentalWarning, its open figures."""
+    before = set(plt.get_fignums())
+    with plt.rc_context(), warnings.catch_warnings():
+        # experimental in Optuna since 2.2: the warning would repeat on every report, and
+        # tests/test_sweep_report.py is what notices if these plots change
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            yield
+        finally:
+            for number in set(plt.get_fignums()) - before:
+                plt.close(number)
+
+
+def _save_axes(ax: Axes, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ax.figure.savefig(path, dpi=DPI, bbox_inches="tight")
+
+
+def _plot_history(study: optuna.Study, complete: Sequence[FrozenTrial], metric: str, path: Path) -> None:
+    """Optuna's optimisation history: every COMPLETE trial's value and the best so far (study.direction)."""
     if not complete:
         raise _SkipFigure("no COMPLETE trials yet")
-    ordered = sorted(complete, key=lambda t: t.number)
-    numbers = np.array([t.number for t in ordered])
-    values = np.array([t.value for t in ordered])
-    best_so_far = np.maximum.accumulate(values) if maximize else np.minimum.accumulate(values)
-    best = int(np.argmax(values) if maximize else np.argmin(values))
-    with saved_figure(path, figsize=(7, 4.5)) as (fig, ax):
-        ax.scatter(numbers, values, s=26, color=series_colour(0), label="COMPLETE trial", zorder=2)
-        ax.step(
-            numbers, best_so_far, where="post", color=series_colour(1), linewidth=2, label="best so far", zorder=1
-        )
-        ax.scatter(
-            numbers[best], values[best], s=140, marker="*", color=series_colour(1), edgecolors="black",
-            label=f"best: trial #{numbers[best]}", zorder=3,
-        )  # fmt: skip
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("Trial number")
-        ax.set_ylabel(f"{metric} ({_better(maximize)})")
-        ax.set_title("Optimisation history")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right" if maximize else "upper right")
+    with _optuna_figure():
+        _save_axes(optuna_plots.plot_optimization_history(study, target_name=metric), path)
 
 
 def _plot_importance(study: optuna.Study, complete: Sequence[FrozenTrial], metric: str, path: Path) -> None:
-    """fANOVA parameter importances as a horizontal bar chart, most important on top."""
+    """Optuna's parameter-importance bar chart, with the fANOVA evaluator (seed 0, so reruns agree)."""
     if len(complete) < 2:
         raise _SkipFigure(f"needs at least 2 COMPLETE trials, the study has {len(complete)}")
     varying = [n for n in _param_names(complete) if len({repr(t.params.get(n)) for t in complete}) > 1]
     if not varying:
         raise _SkipFigure("no parameter takes more than one value across the COMPLETE trials")
-    try:
-        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
-    except (ValueError, RuntimeError) as error:
-        # Optuna refuses e.g. search spaces that differ between trials; the report still stands without it.
-        raise _SkipFigure(f"Optuna could not compute importances: {error}") from error
-    if not importances:
-        raise _SkipFigure("Optuna returned no importances (no parameter varies across the COMPLETE trials)")
-    names = list(importances)[::-1]  # barh draws bottom-up; the most important param goes on top
-    scores = [importances[n] for n in names]
-    with saved_figure(path, figsize=(7, max(3.2, 0.5 * len(names) + 1.8))) as (fig, ax):
-        bars = ax.barh(names, scores, color=series_colour(0), height=0.6)
-        ax.bar_label(bars, labels=[f"{s:.2f}" for s in scores], padding=3, fontsize=9)
-        ax.set_xlim(0, max(max(scores) * 1.15, 0.1))
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    with _optuna_figure():
+        try:
+            ax = optuna_plots.plot_param_importances(study, evaluator=evaluator, target_name=metric)
+        except (ValueError, RuntimeError) as error:
+            # Optuna refuses e.g. search spaces that differ between trials; the report still stands without it.
+            raise _SkipFigure(f"Optuna could not compute importances: {error}") from error
+        if not ax.patches:
+            raise _SkipFigure("Optuna returned no importances: no parameter varies across COMPLETE trials")
         ax.set_xlabel(f"Importance for {metric} (fANOVA, share of variance)")
-        ax.set_ylabel("Parameter")
-        ax.set_title(f"Parameter importance ({len(complete)} COMPLETE trials)")
-        ax.grid(axis="x", alpha=0.3)
-        ax.set_axisbelow(True)  # keep grid lines behind the bars
+        _save_axes(ax, path)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ import itertools
 import json
 import logging
 import math
+import re
+import reprlib
 import subprocess
 import sys
 import time
@@ -31,6 +33,10 @@ MAX_CONSECUTIVE_FAILURES = 10
 
 
 STORAGE_ATTEMPTS = 5
+# a string Hydra's override parser reads as itself when bare: a word of ASCII letters, digits, _ and -
+_BARE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+# bare words Hydra reads as null, a bool or a float instead
+_HYDRA_KEYWORDS = ("null", "true", "false", "nan", "inf")
 
 
 def storage_url(storage: str | None, sweep_dir: Path) -> str:
@@ -119,9 +125,22 @@ def search_space(params: DictConfig | Mapping, sampler: str) -> dict[str, dict]:
             raise ConfigError(f"{where}: a categorical param needs a non-empty choices list")
         if sampler == "grid" and not spec.get("choices"):
             raise ConfigError(f"{where}: sweep.sampler=grid needs choices for every param; add choices")
-        if spec["type"] != "categorical" and sampler != "grid" and ("low" not in spec or "high" not in spec):
-            raise ConfigError(f"{where}: a {spec['type']} param needs low and high (or type: categorical)")
+        if spec["type"] != "categorical" and sampler != "grid":
+            if "low" not in spec or "high" not in spec:
+                raise ConfigError(f"{where}: a {spec['type']} param needs low and high, or type: categorical")
+            try:
+                _range(spec)
+            except ValueError as error:  # low > high, log with low <= 0, log with a step
+                raise ConfigError(f"{where}: {error}") from error
     return space
+
+
+def _range(spec: dict) -> optuna.distributions.FloatDistribution | optuna.distributions.IntDistribution:
+    """The Optuna distribution of a float or int spec, which suggest draws from (Optuna checks the range)."""
+    low, high, log = spec["low"], spec["high"], spec.get("log", False)
+    if spec["type"] == "float":
+        return optuna.distributions.FloatDistribution(low, high, log=log, step=spec.get("step"))
+    return optuna.distributions.IntDistribution(low, high, log=log, step=spec.get("step") or 1)
 
 
 def _flatten(node: dict, prefix: str = "") -> dict[str, dict]:
@@ -136,18 +155,63 @@ def _flatten(node: dict, prefix: str = "") -> dict[str, dict]:
 
 
 def suggest(trial: optuna.Trial, space: dict[str, dict], sampler: str) -> dict[str, Any]:
-    """The trial's value for every param (from the choices under grid, else from the spec's range)."""
+    """The trial's value for every param (from the choices under grid, else from the spec's range).
+
+    A queued trial (enqueue_trial, the grid) or a resumed one takes its values from the study database, which
+    anyone who can write the file can edit; every value is checked against the search space before it can
+    become a Hydra override, so a crafted one (a dict with a _target_, a string with more overrides) never
+    reaches bcd.train.
+    """
     values = {}
     for key, spec in space.items():
-        if spec["type"] == "categorical" or sampler == "grid":
-            values[key] = trial.suggest_categorical(key, list(spec["choices"]))
-        elif spec["type"] == "float":
-            values[key] = trial.suggest_float(key, spec["low"], spec["high"], log=spec.get("log", False),
-                                              step=spec.get("step"))
-        else:
-            values[key] = trial.suggest_int(key, spec["low"], spec["high"], log=spec.get("log", False),
-                                            step=spec.get("step") or 1)
+        try:
+            value = _suggest_one(trial, key, spec, sampler)
+        except ValueError as error:  # Optuna refused a queued value outright (e.g. not one of the choices)
+            raise _database_value_error(trial, key, str(error)) from error
+        problem = _why_not_allowed(value, spec, sampler)
+        if problem:
+            raise _database_value_error(trial, key, f"{reprlib.repr(value)} {problem}")
+        values[key] = value
     return values
+
+
+def _suggest_one(trial: optuna.Trial, key: str, spec: dict, sampler: str) -> Any:
+    if spec["type"] == "categorical" or sampler == "grid":
+        return trial.suggest_categorical(key, list(spec["choices"]))
+    space = _range(spec)
+    if isinstance(space, optuna.distributions.FloatDistribution):
+        return trial.suggest_float(key, space.low, space.high, log=space.log, step=space.step)
+    return trial.suggest_int(key, space.low, space.high, log=space.log, step=space.step)
+
+
+def _why_not_allowed(value: Any, spec: dict, sampler: str) -> str | None:
+    """Why the search space does not allow `value` for a param with this spec, or None when it does."""
+    if not isinstance(value, str | int | float | bool):
+        return f"is a {type(value).__name__}, not a str, int, float or bool"
+    if spec["type"] == "categorical" or sampler == "grid":
+        # compared with its type too: True == 1 and 1 == 1.0, but each writes a different override
+        if not any(type(value) is type(choice) and value == choice for choice in spec["choices"]):
+            return f"is not one of the choices {list(spec['choices'])}"
+        return None
+    wanted = int if spec["type"] == "int" else int | float
+    if isinstance(value, bool) or not isinstance(value, wanted):
+        return f"is not a number of type {spec['type']}"
+    if not spec["low"] <= value <= spec["high"]:
+        return f"is outside [{spec['low']}, {spec['high']}]"
+    return None
+
+
+def _database_value_error(trial: optuna.Trial, key: str, problem: str) -> ConfigError:
+    """The error for a value from the study database, naming the study, its storage and the param."""
+    storage = getattr(trial.storage, "_backend", trial.storage)  # Optuna wraps an RDBStorage in a cache
+    url = getattr(storage, "url", None)
+    # a PostgreSQL URL may carry a password, which has no place in logs and trials.csv
+    where = sqlalchemy.engine.make_url(url).render_as_string() if url else type(storage).__name__
+    return ConfigError(
+        f"study {trial.study.study_name!r} in {where}, trial {trial.number}, param {key}: {problem}. The study "
+        f"database holds a value the search space (sweep.params.{key}) does not allow, so the trial is not run; "
+        "check who edited the database, or start a fresh study (sweep.study_name=... or sweep.storage=...)"
+    )
 
 
 def hydra_value(value: Any) -> str:
@@ -163,10 +227,14 @@ def hydra_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ",".join(hydra_value(v) for v in value) + "]"
     text = str(value)
-    # group choices (model=b1) and plain words stay bare; anything else is quoted
-    if text.replace("_", "").replace("-", "").isalnum():
+    # group choices (model=b1) and plain words stay bare; anything Hydra would read otherwise is quoted
+    if _BARE_WORD.fullmatch(text) and text.lower() not in _HYDRA_KEYWORDS:
         return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    # OmegaConf resolves ${...} even inside quotes: escape it (doubling the backslashes before it) to keep it text
+    text = re.sub(r"(\\*)\$\{", lambda match: match[1] * 2 + "\\${", text)
+    # in Hydra's quoted strings a backslash escapes the quote after it, so those before a quote are doubled
+    text = re.sub(r"(\\*)('|\Z)", lambda match: match[1] * 2 + ("\\'" if match[2] else ""), text)
+    return f"'{text}'"
 
 
 def override_key(override: str) -> str:

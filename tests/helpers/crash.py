@@ -1,6 +1,10 @@
-"""A callback that kills a run at the start of an epoch, to test resuming and cleanup after a crash."""
+"""Callbacks that crash a run, or send it SIGTERM, at a chosen point: deterministic hooks for tests of resuming,
+cleanup and interruption (no timing involved)."""
 
 from __future__ import annotations
+
+import os
+import signal
 
 import lightning as L
 
@@ -18,3 +22,14 @@ class CrashAtEpoch(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch == self.epoch:
             raise SimulatedCrash(f"simulated crash at the start of epoch {self.epoch}")
+
+
+class SigtermAtEpoch(L.Callback):
+    """Send this process SIGTERM after the first training batch of `epoch` (as a cluster's time limit would)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.current_epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGTERM)
