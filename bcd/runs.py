@@ -146,6 +146,14 @@ class Checkpoints:
     best: str = ""
     last: str = ""
 
+    @classmethod
+    def of(cls, trainer: Any) -> Checkpoints:
+        """The best checkpoint by the monitored metric, and the one saved after the final epoch (the checkpoint
+        callback that monitors nothing), of a fitted Lightning Trainer."""
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        last = [callback.best_model_path for callback in trainer.checkpoint_callbacks if callback.monitor is None]
+        return cls(best=best, last=last[0] if last else "")
+
 
 @dataclass
 class RunMetrics:

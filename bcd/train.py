@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from bcd.config.checks import check_config, instantiate_dict, to_plain
 from bcd.config.entry import entry_point
 from bcd.data.colour_range import colour_range
-from bcd.inference.testing import Tester
+from bcd.inference.testing import test_on_one_device
 from bcd.models.backbone import input_size
 from bcd.models.classifier import Classifier, load_classifier
 from bcd.models.registry import checked
@@ -95,7 +95,7 @@ def train(cfg: DictConfig) -> RunSummary | None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # the other ranks are done; metrics below must not wait for them
             torch.distributed.destroy_process_group()
-        chosen = _best_checkpoint(trainer) if cfg.test_checkpoint == "best" else _last_checkpoint(trainer)
+        chosen = getattr(Checkpoints.of(trainer), cfg.test_checkpoint)
         tested = load_classifier(chosen) if chosen else model  # no checkpoint saved: the weights in hand
         test_metrics, confusion = test_on_one_device(cfg, tested, datamodule, loggers) if cfg.test else ({}, [])
         timings = {"prepare": prepared - started, "fit": fitted - prepared, "test": time.time() - fitted}
@@ -119,29 +119,6 @@ def fit(trainer: L.Trainer, model: Classifier, datamodule: L.LightningDataModule
         raise SystemExit(128 + signal.SIGTERM) from None
 
 
-def test_on_one_device(
-    cfg: DictConfig, model: Classifier, datamodule: L.LightningDataModule, loggers: list
-) -> tuple[dict[str, float], list[list[int]]]:
-    """Test the model in this process alone, so no image is padded, duplicated or split across ranks; returns the
-    test metrics and the confusion matrix."""
-    if not datamodule.split_samples("test"):
-        log.warning("no test split (dataset.test_fraction=0 or no test/ folder): skipping the test")
-        return {}, []
-    tester = L.Trainer(
-        accelerator=cfg.trainer.accelerator,
-        devices=1,
-        precision=cfg.trainer.precision,
-        logger=loggers or False,
-        limit_test_batches=cfg.trainer.limit_test_batches,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=cfg.paths.output_dir,
-    )
-    module = Tester(model, tta=cfg.tta)
-    results = tester.test(module, datamodule=datamodule)
-    return plain_metrics(results[0]), module.confusion
-
-
 def run_summary(
     cfg: DictConfig,
     trainer: L.Trainer,
@@ -163,7 +140,7 @@ def run_summary(
         dataset=checked(DataSummary, datamodule.describe(), "dataset"),
         metrics=RunMetrics(test=test_metrics, final=final_metrics),
         test_confusion_matrix=test_confusion,
-        checkpoints=Checkpoints(best=_best_checkpoint(trainer), last=_last_checkpoint(trainer)),
+        checkpoints=Checkpoints.of(trainer),
         tested_checkpoint=cfg.test_checkpoint,
         tta=cfg.tta,
         epochs=trainer.current_epoch,
@@ -179,17 +156,6 @@ def run_summary(
         allocator=active_allocator(),
         versions=library_versions(),
     )
-
-
-def _best_checkpoint(trainer: L.Trainer) -> str:
-    """Path of the best checkpoint by the monitored metric ('' when none was saved)."""
-    return trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-
-
-def _last_checkpoint(trainer: L.Trainer) -> str:
-    """Path of the checkpoint saved after the final epoch (the checkpoint callback that monitors nothing)."""
-    latest = [cb.best_model_path for cb in trainer.checkpoint_callbacks if cb.monitor is None]
-    return latest[0] if latest else ""
 
 
 @entry_point("train", fast_allocator=True)

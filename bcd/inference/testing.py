@@ -1,16 +1,21 @@
-"""The test after training: a Lightning module that scores a trained Classifier's test images through the one
+"""The test after training, on one device: a Lightning module that scores a trained Classifier's test images through the one
 inference path (bcd.inference.runners.view_logits, bcd.inference.scores) and logs test/... metrics."""
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import torch
+from omegaconf import DictConfig
 from torchmetrics import MeanMetric
 
 from bcd.inference.runners import TorchRunner, view_logits
 from bcd.inference.scores import probabilities
 from bcd.models.classifier import Classifier
 from bcd.models.metrics import ClassificationMetrics
+
+log = logging.getLogger(__name__)
 
 
 class Tester(L.LightningModule):
@@ -42,3 +47,26 @@ class Tester(L.LightningModule):
         self.confusion = self.metrics.confusion_matrix()
         self.loss.reset()
         self.metrics.reset()
+
+
+def test_on_one_device(
+    cfg: DictConfig, model: Classifier, datamodule: L.LightningDataModule, loggers: list
+) -> tuple[dict[str, float], list[list[int]]]:
+    """Test the model in this process alone, so no image is padded, duplicated or split across ranks; returns the
+    test metrics and the confusion matrix."""
+    if not datamodule.split_samples("test"):
+        log.warning("no test split (dataset.test_fraction=0 or no test/ folder): skipping the test")
+        return {}, []
+    tester = L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        precision=cfg.trainer.precision,
+        logger=loggers or False,
+        limit_test_batches=cfg.trainer.limit_test_batches,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=cfg.paths.output_dir,
+    )
+    module = Tester(model, tta=cfg.tta)
+    results = tester.test(module, datamodule=datamodule)
+    return {k: float(v) for k, v in sorted(results[0].items())}, module.confusion
