@@ -8,30 +8,37 @@ scores bcd.predict applies them to), plots, predictions.csv, report.md and MODEL
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from bcd.config.files import CONFIG_DIR
+from bcd.config.entry import entry_point
+from bcd.data.colour_range import colour_warnings
+from bcd.data.datamodule import SmearDataModule
+from bcd.data.decode import read_audited_rgb
+from bcd.data.sources import Sample
 from bcd.evaluation import stats
 from bcd.evaluation.calibration import fit_ood_threshold, fit_temperature
 from bcd.evaluation.robustness import evaluate_shifts
 from bcd.inference.calibration import Calibration
+from bcd.inference.explain import GradcamSubset, gradcam_of, gradcam_rule
 from bcd.inference.runners import make_runner, pick_device, score_loader
-from bcd.inference.scores import probabilities, score_images
+from bcd.inference.scores import ImageScores, probabilities, score_images
 from bcd.inference.views import resolve_tta
-from bcd.models.classifier import load_classifier
+from bcd.models.classifier import Classifier, load_classifier
 from bcd.models.metrics import confusion_matrix
 from bcd.reporting.figures import write_figures
 from bcd.reporting.plots import plot_shift_curves
 from bcd.reporting.predictions import columns, score_rows, write_predictions
-from bcd.reporting.report import write_model_card, write_report
-from bcd.reporting.wandb_log import log_evaluation
+from bcd.reporting.report import summary_rows, write_model_card, write_report
+from bcd.reporting.review import GallerySizes, GalleryWriter, gallery_items, write_review_page
+from bcd.reporting.wandb_log import log_to_wandb
 from bcd.runs import TrainedRun, claim_run_dir, write_json
+from bcd.utils.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +61,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     runner = make_runner(cfg.runtime, model, pick_device(cfg.accelerator), cfg.onnx_path)
     splits = ["train", "val", "test"] if cfg.split == "all" else [cfg.split]
-    scored = {s: score_loader(runner, datamodule.loader(s), tta) for s in {*splits, "val"} if datamodule.split_samples(s)}
+    scored = {s: score_loader(runner, datamodule.loader(s), tta, f"scoring the {s} split")
+              for s in {*splits, "val"} if datamodule.split_samples(s)}
     if not all(s in scored for s in splits):
         raise ValueError(f"split: the {cfg.split} split of this dataset is empty; choose split=test|val|train|all")
     logits = np.concatenate([scored[s][0] for s in splits], axis=1)
@@ -94,19 +102,58 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.get("dataset"):
         run.save_calibration(calibration)
     scores = score_images(logits, calibration.temperature, calibration.ood_threshold, cfg.abstain_below)
-    rows = [{"path": sample.path, "split": sample.split, "true_label": datamodule.class_names[target], **row}
-            for sample, target, row in zip(samples, targets, score_rows(scores, datamodule.class_names), strict=True)]
-    write_predictions(out / "predictions.csv", rows, columns(datamodule.class_names, ["path", "split", "true_label"]))
+    warnings = colour_warnings([sample.path for sample in samples], model.colour_range, datamodule.max_pixels)
+    rows = [{"path": sample.path, "split": sample.split, "true_label": datamodule.class_names[target], **row,
+             "colour_warning": warning}
+            for sample, target, row, warning in zip(samples, targets, score_rows(scores, datamodule.class_names),
+                                                    warnings, strict=True)]
+    write_predictions(out / "predictions.csv", rows,
+                      columns(datamodule.class_names, ["path", "split", "true_label"], ["colour_warning"]))
     figures = write_figures(out, probs, targets, datamodule.class_names, calibration_report["curves"], run.metrics_csv)
     if result_shift:
         figures["colour_shift"] = plot_shift_curves(result_shift["rows"], out / "colour_shift.png")
     write_report(out / "report.md", result, estimates, figures, run, datamodule)
     write_model_card(out / "MODEL_CARD.md", result, estimates, run, datamodule)
+    gallery = review_page(out, cfg, model, samples, targets, scores, warnings, datamodule, result) if cfg.report_html \
+        else []
     if cfg.wandb:
-        log_evaluation(run, out, result, figures)
+        log_to_wandb(run, out, "evaluate", result, figures, gallery, datamodule.class_names)
     log.info("accuracy %s, macro-F1 %s", estimates["acc"].format(), estimates["macro_f1"].format())
     log.info("report: %s", out / "report.md")
     return result
+
+
+def review_page(out: Path, cfg: DictConfig, model: Classifier, samples: list[Sample], targets: np.ndarray,
+                scores: ImageScores, warnings: list[str], datamodule: SmearDataModule,
+                result: dict[str, Any]) -> list[dict[str, Any]]:
+    """report.html: the report's text and a gallery of every image, with Grad-CAM for the capped subset; returns
+    the gallery's items."""
+    gallery = GalleryWriter(out, GallerySizes(cfg.review.thumbnail_px, cfg.review.large_px))
+    subset = GradcamSubset(cfg.review.gradcam_per_class)
+    needs_a_look = (scores.predicted != targets) | scores.abstain | np.array([bool(w) for w in warnings])
+    if scores.ood is not None:
+        needs_a_look |= scores.ood
+    for start in progress(range(0, len(samples), cfg.batch_size), "review page: thumbnails and Grad-CAM",
+                          math.ceil(len(samples) / cfg.batch_size)):
+        batch = slice(start, start + cfg.batch_size)
+        images = [read_audited_rgb(sample.path, datamodule.max_pixels) for sample in samples[batch]]
+        chosen = subset.choose(scores.predicted[batch], needs_a_look[batch])
+        maps = gradcam_of(model, [images[k] for k in chosen], scores.predicted[batch][chosen], datamodule.img_size)
+        heatmaps = dict(zip(chosen, maps, strict=True))
+        for k, image in enumerate(images):
+            gallery.add(start + k, image, heatmaps.get(k))
+    names = [sample.path.relative_to(datamodule.data_dir).as_posix() if sample.path.is_relative_to(datamodule.data_dir)
+             else str(sample.path) for sample in samples]
+    items = gallery_items(names, scores, warnings, gallery.files, targets, [sample.split for sample in samples])
+    write_review_page(
+        out / "report.html", mode="evaluate", title=f"Evaluation of {Path(result['checkpoint']).name}",
+        subtitle=f"{result['split']} split, {result['n_images']} images, split method {result['split_method']}"
+                 f"{', 8 views (tta)' if result['tta'] else ''}; checkpoint {result['checkpoint']}",
+        class_names=datamodule.class_names, items=items, gradcam_rule=gradcam_rule(cfg.review.gradcam_per_class),
+        summary_rows=summary_rows(result), report_markdown=(out / "report.md").read_text(),
+        model_card_markdown=(out / "MODEL_CARD.md").read_text(),
+    )
+    return items
 
 
 def fit_calibration(val: tuple[np.ndarray, np.ndarray] | None, ood_quantile: float, tta: bool,
@@ -118,9 +165,9 @@ def fit_calibration(val: tuple[np.ndarray, np.ndarray] | None, ood_quantile: flo
                        ood_quantile=ood_quantile, tta=tta, checkpoint=str(checkpoint))
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
+@entry_point("evaluate")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point."""
+    """`python -m bcd.evaluate` and `bcd-evaluate`."""
     evaluate(cfg)
 
 

@@ -8,6 +8,8 @@ Images are scored exactly as bcd.evaluate scores them (bcd.inference), with its 
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,10 @@ from omegaconf import DictConfig
 
 from bcd.config.entry import entry_point
 from bcd.data.sources import list_inputs
-from bcd.inference.predictor import Predictor
+from bcd.inference.explain import GradcamSubset, gradcam_rule
+from bcd.inference.predictor import Predictor, ScoredBatch
 from bcd.inference.runners import make_runner, pick_device
+from bcd.inference.scores import ImageScores
 from bcd.inference.views import resolve_tta
 from bcd.models.classifier import load_classifier
 from bcd.reporting.overlays import write_contact_sheet
@@ -25,10 +29,14 @@ from bcd.reporting.predictions import (
     columns,
     prediction_summary,
     save_gradcam,
+    summary_rows,
     warn_colour_range,
     write_predictions,
 )
+from bcd.reporting.review import GallerySizes, GalleryWriter, gallery_items, write_review_page
+from bcd.reporting.wandb_log import log_to_wandb
 from bcd.runs import TrainedRun, claim_run_dir, write_json
+from bcd.utils.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +60,22 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     predictor = Predictor(
         runner=runner, img_size=run.img_size(model.hparams["model"]), max_pixels=cfg.max_pixels, tta=tta,
         calibration=calibration, abstain_below=cfg.abstain_below, colour_range=model.colour_range,
-        explain_with=model.to(device) if cfg.gradcam else None,
+        explain_with=model.to(device) if cfg.gradcam or cfg.report_html else None,
+        explain_subset=None if cfg.gradcam else GradcamSubset(cfg.review.gradcam_per_class),
     )
-    rows, sheet, width = [], [], len(str(len(paths) - 1))
-    for start, batch in zip(range(0, len(paths), cfg.batch_size), predictor.batches(paths, cfg.batch_size), strict=True):
+    gallery = GalleryWriter(out, GallerySizes(cfg.review.thumbnail_px, cfg.review.large_px)) if cfg.report_html else None
+    rows, sheet, width, batches = [], [], len(str(len(paths) - 1)), math.ceil(len(paths) / cfg.batch_size)
+    scored: list[ScoredBatch] = []
+    for start, batch in zip(range(0, len(paths), cfg.batch_size),
+                            progress(predictor.batches(paths, cfg.batch_size), f"predicting {len(paths)} images: batches",
+                                     batches), strict=True):
         rows_of_batch = batch_rows(batch, model.class_names)
         if cfg.gradcam and batch.paths:
             save_gradcam(batch, rows_of_batch, out / "gradcam", start, width, sheet)
+        for k, image in enumerate(batch.images if gallery else []):
+            gallery.add(len(gallery.files), image, batch.heatmaps.get(k))
         rows += rows_of_batch
+        scored.append(replace(batch, images=[], heatmaps={}))  # the pixels are written already: keep the numbers
     after = ["colour_warning", "error", *(["gradcam"] if cfg.gradcam else [])]
     write_predictions(out / "predictions.csv", rows, columns(model.class_names, after=after))
     if sheet:
@@ -72,10 +88,33 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                     summary["errors"], len(rows), out / "predictions.csv", first["path"], first["error"])
     warn_colour_range(rows)
     write_json(out / "predict.json", summary)
+    items = review_page(out, cfg, scored, gallery, model.class_names, summary, inputs) if gallery else []
+    if cfg.wandb:
+        log_to_wandb(run, out, "predict", gallery=items, class_names=model.class_names)
     log.info("predicted: %s; %d abstained, %d unreadable", summary["predicted"], summary["abstained"],
              summary["errors"])
     log.info("predictions: %s", out / "predictions.csv")
     return summary
+
+
+def review_page(out: Path, cfg: DictConfig, scored: list[ScoredBatch], gallery: GalleryWriter, class_names: list[str],
+                summary: dict[str, Any], inputs: Path) -> list[dict[str, Any]]:
+    """report.html: the images that need a look first, then the others; the files that could not be read.
+    Returns the gallery's items."""
+    paths = [path for batch in scored for path in batch.paths]
+    names = [path.relative_to(inputs.resolve()).as_posix() if inputs.is_dir() else path.name for path in paths]
+    scores = ImageScores.concatenate([batch.scores for batch in scored if batch.scores is not None])
+    warnings = [warning for batch in scored for warning in batch.colour_warnings]
+    items = gallery_items(names, scores, warnings, gallery.files)
+    write_review_page(
+        out / "report.html", mode="predict", title=f"Predictions of {Path(summary['checkpoint']).name}",
+        subtitle=f"{summary['n_images']} images from {summary['inputs']}{', 8 views (tta)' if summary['tta'] else ''}",
+        class_names=class_names, items=items,
+        gradcam_rule="every image" if cfg.gradcam else gradcam_rule(cfg.review.gradcam_per_class),
+        summary_rows=summary_rows(summary),
+        unreadable=[(str(path), reason) for batch in scored for path, reason in batch.errors.items()],
+    )
+    return items
 
 
 @entry_point("predict")

@@ -98,11 +98,6 @@ def test_repeated_paths_are_checked_once_and_not_self_duplicates(mixed: dict[str
     assert audit.duplicate_groups() == []
 
 
-def test_progress_bar_runs(mixed: dict[str, Path]) -> None:
-    audit = audit_files([mixed["a"], mixed["b"]], progress=True)
-    assert len(audit.hashes) == 2
-
-
 def test_invalid_workers_rejected(mixed: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match="workers"):
         audit_files([mixed["a"]], workers=0)

@@ -59,6 +59,11 @@ def test_evaluate_writes_the_whole_report(trained: RunSummary, tmp_path: Path) -
         assert image.format == "PNG" and image.width > 300 and image.height > 300, png
         assert f"{png}.png" in report
     assert len(list((out / "wandb").glob("offline-run-*"))) == 1
+    # the review page beside the report, and its gallery (with the images) in W&B
+    assert (out / "report.html").is_file() and len(list((out / "review").glob("*.jpg"))) >= 2 * n_test
+    (table,) = (out / "wandb").glob("offline-run-*/files/media/table/evaluate/gallery_*.table.json")
+    gallery = json.loads(table.read_text())
+    assert gallery["columns"][:3] == ["image", "gradcam", "file"] and len(gallery["data"]) == n_test
 
 
 def test_evaluate_a_new_dataset_on_all_images(trained: RunSummary, image_folder: Path, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from bcd.data.decode import read_audited_rgb
+from bcd.utils.progress import progress
 
 COLOUR_STATISTICS = ("mean_red", "mean_green", "mean_blue", "red_to_blue")
 
@@ -46,3 +47,11 @@ def out_of_range(statistics: Mapping[str, float], ranges: Mapping[str, Sequence[
         if not low <= value <= high:
             outside.append(f"{name}={value:.3g} outside [{low:.3g}, {high:.3g}]")
     return outside
+
+
+def colour_warnings(paths: Sequence[Path], ranges: Mapping[str, Sequence[float]], max_pixels: int | None = None) -> list[str]:
+    """Per image (audited files), the statistics outside the training range joined by '; ' ('' when none)."""
+    if not ranges:
+        return [""] * len(paths)
+    return ["; ".join(out_of_range(colour_statistics(read_audited_rgb(path, max_pixels=max_pixels)), ranges))
+            for path in progress(paths, f"checking the colours of {len(paths)} images", len(paths))]

@@ -8,13 +8,13 @@ import hashlib
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from bcd.data.decode import MAX_PIXELS, UnreadableImageError, decode_bytes
+from bcd.utils.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ def audit_files(
     paths: Sequence[Path],
     decode: bool = True,
     workers: int | None = None,
-    progress: bool = False,
     *,
     max_pixels: int | None = MAX_PIXELS,
 ) -> FileAudit:
@@ -60,19 +59,17 @@ def audit_files(
 
     hashes: dict[Path, str] = {}
     bad: dict[Path, str] = {}
-    with _progress_bar(progress, total=len(unique)) as advance:
-        if workers == 1 or len(unique) <= 1:
-            results: Iterator[tuple[str | None, str | None]] = map(check, unique)
-            for path, (digest, reason) in zip(unique, results, strict=True):
+    described = f"reading and hashing {len(unique)} files"
+    if workers == 1 or len(unique) <= 1:
+        for path in progress(unique, described, len(unique)):
+            _record(path, *check(path), hashes, bad)
+    else:
+        # Threads, not processes: hashlib and PIL's decoders release the GIL on large buffers, and
+        # threads avoid pickling file bytes. map() yields in input order, so the dicts are deterministic.
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bcd-audit") as pool:
+            for path, (digest, reason) in zip(unique, progress(pool.map(check, unique), described, len(unique)),
+                                              strict=True):
                 _record(path, digest, reason, hashes, bad)
-                advance()
-        else:
-            # Threads, not processes: hashlib and PIL's decoders release the GIL on large buffers, and
-            # threads avoid pickling file bytes. map() yields in input order, so the dicts are deterministic.
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bcd-audit") as pool:
-                for path, (digest, reason) in zip(unique, pool.map(check, unique), strict=True):
-                    _record(path, digest, reason, hashes, bad)
-                    advance()
     return FileAudit(hashes=hashes, bad=bad)
 
 
@@ -120,19 +117,3 @@ def _record(
         bad[path] = reason
     elif digest is not None:
         hashes[path] = digest
-
-
-@contextmanager
-def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[], None]]:
-    """Yield an `advance()` callable: a rich progress bar when enabled, a no-op otherwise."""
-    if not enabled:
-        yield lambda: None
-        return
-    # Imported lazily so the audit does not pay rich's import cost when the bar is off.
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("Auditing files"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
-    ) as bar:
-        task = bar.add_task("audit", total=total)
-        yield lambda: bar.advance(task)

@@ -35,7 +35,8 @@ def evaluate_shifts(
         rows.append({"kind": kind, "strength": 0.0, **{m: plain[m].as_dict() for m in SHIFT_METRICS}})
         for strength in shift["strengths"]:
             images = ShiftedImages(paths, targets.tolist(), img_size, kind, strength, shift["seed"])
-            logits, _ = score_loader(runner, DataLoader(images, **loader_options), tta)
+            logits, _ = score_loader(runner, DataLoader(images, **loader_options), tta,
+                                     f"colour shift {kind} ±{strength:.0%}")
             estimates = stats.bootstrap(probabilities(logits).numpy(), targets, **bootstrap_options)
             rows.append({"kind": kind, "strength": float(strength), **{m: estimates[m].as_dict() for m in SHIFT_METRICS}})
     result: dict[str, Any] = {"seed": shift["seed"], "rows": rows}

@@ -14,7 +14,7 @@ from bcd.data.colour_range import colour_statistics, out_of_range
 from bcd.data.dataset import resize_square
 from bcd.data.decode import UnreadableImageError, read_rgb
 from bcd.inference.calibration import Calibration
-from bcd.inference.gradcam import gradcam
+from bcd.inference.explain import GradcamSubset, gradcam_of
 from bcd.inference.runners import Runner, view_logits
 from bcd.inference.scores import ImageScores, score_images
 from bcd.models.classifier import Classifier
@@ -32,14 +32,15 @@ class ScoredBatch:
     """each as decoded (H x W x 3 uint8), before resizing"""
     scores: ImageScores | None
     colour_warnings: list[str]
-    heatmaps: np.ndarray | None
-    """Grad-CAM of each image's predicted class at the model's input size, or None"""
+    heatmaps: dict[int, np.ndarray]
+    """Grad-CAM of the predicted class of the explained images (by index among `paths`), at the model's input size"""
     errors: dict[Path, str] = field(default_factory=dict)
 
 
 @dataclass
 class Predictor:
-    """Turns image files into ScoredBatches; Grad-CAM (when `explain_with` holds the torch model) is always torch."""
+    """Turns image files into ScoredBatches; Grad-CAM (when `explain_with` holds the torch model) is always torch, for
+    the images `explain_subset` chooses (None: every image)."""
 
     runner: Runner
     img_size: int
@@ -49,6 +50,7 @@ class Predictor:
     abstain_below: float
     colour_range: dict[str, list[float]] = field(default_factory=dict)
     explain_with: Classifier | None = None
+    explain_subset: GradcamSubset | None = None
 
     def batches(self, paths: Sequence[Path], batch_size: int) -> Iterator[ScoredBatch]:
         """The ScoredBatch of every `batch_size` consecutive paths."""
@@ -65,13 +67,18 @@ class Predictor:
             except (UnreadableImageError, OSError) as error:
                 errors[path] = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
         if not images:
-            return ScoredBatch(paths, [], [], None, [], None, errors)
+            return ScoredBatch(paths, [], [], None, [], {}, errors)
         batch = torch.from_numpy(np.stack([resize_square(image, self.img_size).transpose(2, 0, 1) for image in images]))
         with torch.inference_mode():
             logits = view_logits(self.runner, batch, self.tta).cpu()
         scores = score_images(logits, self.calibration.temperature, self.calibration.ood_threshold, self.abstain_below)
         warnings = ["; ".join(out_of_range(colour_statistics(image), self.colour_range)) for image in images]
-        heatmaps = None
+        heatmaps = {}
         if self.explain_with is not None:
-            heatmaps = gradcam(self.explain_with, batch.to(self.explain_with.device), scores.predicted.tolist())
+            needs_a_look = scores.abstain | np.array([bool(w) for w in warnings]) | (scores.ood if scores.ood is not None
+                                                                                      else False)
+            chosen = (self.explain_subset.choose(scores.predicted, needs_a_look) if self.explain_subset is not None
+                      else list(range(len(images))))
+            maps = gradcam_of(self.explain_with, [images[k] for k in chosen], scores.predicted[chosen], self.img_size)
+            heatmaps = dict(zip(chosen, maps, strict=True))
         return ScoredBatch(paths, readable, images, scores, warnings, heatmaps, errors)

@@ -14,6 +14,7 @@ import torch
 
 from bcd.inference.views import dihedral_views
 from bcd.models.classifier import Classifier
+from bcd.utils.progress import progress
 
 RUNTIMES = ("torch", "onnx")
 
@@ -125,11 +126,13 @@ def view_logits(runner: Runner, images: torch.Tensor, tta: bool) -> torch.Tensor
 
 @torch.inference_mode()
 def score_loader(
-    runner: Runner, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], tta: bool
+    runner: Runner, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], tta: bool, description: str = "scoring"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-view class logits (V, N, C) as float64 and targets (N,) of every (images, targets) batch, in order."""
+    """Per-view class logits (V, N, C) as float64 and targets (N,) of every (images, targets) batch, in order
+    (with a progress bar of `description` on a terminal)."""
     logits, targets = [], []
-    for images, batch_targets in batches:
+    total = len(batches) if hasattr(batches, "__len__") else None
+    for images, batch_targets in progress(batches, f"{description}{' (8 views)' if tta else ''}: batches", total):
         logits.append(view_logits(runner, images, tta).cpu())
         targets.append(torch.as_tensor(batch_targets))
     if not logits:

@@ -80,6 +80,14 @@ class ImageScores:
     abstain: np.ndarray
     """confidence < abstain_below or ood, (N,) booleans"""
 
+    @classmethod
+    def concatenate(cls, parts: list[ImageScores]) -> ImageScores:
+        """The scores of several batches, in order."""
+        ood = None if not parts or parts[0].ood is None else np.concatenate([part.ood for part in parts])
+        return cls(*(np.concatenate([getattr(part, name) for part in parts]) if parts else np.zeros(0)
+                     for name in ("probabilities", "predicted", "confidence", "ood_score")), ood,
+                   np.concatenate([part.abstain for part in parts]) if parts else np.zeros(0, dtype=bool))
+
 
 def score_images(
     view_logits: torch.Tensor | np.ndarray,

@@ -62,6 +62,8 @@ def save_gradcam(batch: ScoredBatch, rows: list[dict[str, Any]], folder: Path, f
     """Write each readable image's Grad-CAM overlay, fill its row's gradcam column, keep a few for the sheet."""
     by_path = {row["path"]: row for row in rows}
     for k, (path, image) in enumerate(zip(batch.paths, batch.images, strict=True)):
+        if k not in batch.heatmaps:
+            continue
         name = f"{first_index + batch.inputs.index(path):0{width}d}_{path.stem}.png"
         blended = save_overlay(folder / name, image, batch.heatmaps[k])
         row = by_path[str(path)]
@@ -100,3 +102,23 @@ def warn_colour_range(rows: list[dict[str, Any]], shown: int = 5) -> None:
                     "white balance or exposure?)", row["path"], row["colour_warning"])
     if len(flagged) > shown:
         log.warning("%d images in all have colours outside the training range (colour_warning column)", len(flagged))
+
+
+def summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """predict.json's numbers as rows of the review page's summary table."""
+    predicted = ", ".join(f"{name} {count}" for name, count in summary["predicted"].items())
+    ood = "no OOD threshold (run bcd.evaluate first)" if summary["ood_threshold"] is None else \
+        f"{summary['out_of_distribution']} (energy above {summary['ood_threshold']:.3f})"
+    return [
+        ("images", summary["n_images"]),
+        ("predicted", predicted),
+        ("abstained (flagged for human review)", f"{summary['abstained']} (confidence below {summary['abstain_below']} "
+                                                 "or out of distribution)"),
+        ("out of distribution", ood),
+        ("colour outside the training range", summary["colour_out_of_range"]),
+        ("could not be read", summary["errors"]),
+        ("temperature", summary["temperature"] if summary["temperature"] is not None else "none (T = 1)"),
+        ("calibration", summary["calibration"] or "none"),
+        ("test-time augmentation", "8 views" if summary["tta"] else "off"),
+        ("runtime", summary["runtime"]),
+    ]

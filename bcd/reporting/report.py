@@ -60,6 +60,23 @@ def _headline_rows(estimates: Mapping[str, Estimate]) -> list[list[str]]:
     return [[label, estimates[key].format()] for key, label in HEADLINE if key in estimates]
 
 
+def summary_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The headline of metrics.json as rows of the review page's summary table (the numbers report.md shows)."""
+    level = f"{result['ci_level']:.0%} CI"
+    rows = [(f"{label} [{level}]", format_estimate(result["metrics"][key])) for key, label in HEADLINE
+            if key in result["metrics"]]
+    robust = result.get("robust_acc")
+    if robust:
+        rows.append((f"robust_acc: accuracy under {robust['kind']} ±{robust['strength']:.0%} [{level}]",
+                     format_estimate(robust)))
+    calibration = result["calibration"]
+    rows.append(("ECE before / after temperature scaling", f"{calibration['before']['ece']:.4f} / "
+                 + (f"{calibration['after']['ece']:.4f} (T = {calibration['temperature']:.3f})"
+                    if calibration.get("after") else "no temperature fitted")))
+    rows.append(("split method", SPLIT_METHODS.get(result["split_method"], result["split_method"])))
+    return rows
+
+
 def _per_class_rows(estimates: Mapping[str, Estimate], class_names: Sequence[str]) -> list[list[str]]:
     return [
         [name, *(estimates[f"{metric}/{name}"].format() for metric in ("precision", "recall", "f1")),
