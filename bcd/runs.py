@@ -204,11 +204,17 @@ class RunSummary:
     seed: int
     allocator: str
     versions: Dict[str, str]  # noqa: UP006
+    # after every validation: epoch, elapsed_s (fit wall time so far), train_images, val/acc, val/macro_f1, val/loss
+    history: List[Dict[str, float]] = field(default_factory=list)  # noqa: UP006
 
     @property
     def best_or_last(self) -> str:
         """The best checkpoint, else the last ('' when the run saved none)."""
         return self.checkpoints.best or self.checkpoints.last
+
+    def time_to(self, metric: str, at_least: float) -> dict[str, float] | None:
+        """The first validation at which `metric` reached `at_least` (its epoch, elapsed_s, train_images), or None."""
+        return next((entry for entry in self.history if entry.get(metric, float("-inf")) >= at_least), None)
 
     @property
     def split_method(self) -> str | None:

@@ -40,6 +40,7 @@ from bcd.runs import (
 )
 from bcd.utils.allocator import active_allocator, log_allocator
 from bcd.utils.ema import EMAWeights
+from bcd.utils.timing import TrainingClock
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ def train(cfg: DictConfig) -> RunSummary | None:
     callbacks = instantiate_dict(cfg.callbacks)
     if cfg.ema_epochs:  # the averaged weights are what validation, checkpoints and test see
         callbacks.append(EMAWeights(cfg.ema_epochs))
+    clock = TrainingClock()
+    callbacks.append(clock)
     if not loggers:  # Lightning refuses a learning-rate monitor with nowhere to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -100,6 +103,7 @@ def train(cfg: DictConfig) -> RunSummary | None:
         test_metrics, confusion = test_on_one_device(cfg, tested, datamodule, loggers) if cfg.test else ({}, [])
         timings = {"prepare": prepared - started, "fit": fitted - prepared, "test": time.time() - fitted}
         summary = run_summary(cfg, trainer, datamodule, tested, test_metrics, confusion, final_metrics, timings)
+        summary.history = clock.history
         summary.write(output_dir / "summary.json")
     log.info("test metrics: %s", {k: round(v, 4) for k, v in test_metrics.items() if k.count("/") == 1})
     log.info("run dir: %s", output_dir)

@@ -149,3 +149,12 @@ def test_weights_path_loads_a_file_the_test_saved(train_run, tmp_path: Path) -> 
 def test_debug_fast_preset(train_run) -> None:
     summary = train_run("debug=fast")
     assert summary.global_step == 1
+
+
+def test_the_summary_records_each_validation_with_its_time(train_run) -> None:
+    summary = train_run("trainer.max_epochs=2")
+    first, second = summary.history
+    assert (first["epoch"], second["epoch"]) == (0, 1) and 0 < first["elapsed_s"] < second["elapsed_s"]
+    assert second["train_images"] == 2 * first["train_images"] > 0 and 0.0 <= second["val/acc"] <= 1.0
+    assert summary.time_to("val/acc", 0.0) == first and summary.time_to("val/acc", 1.01) is None
+    assert RunSummary.read(Path(summary.run_dir) / "summary.json").history == summary.history

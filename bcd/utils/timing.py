@@ -49,3 +49,28 @@ class EpochTimeEstimate(L.Callback):
             log.warning("about %s per epoch (%d batches of %.2f s on %s)",
                         format_duration(per_batch * total), total, per_batch, pl_module.device.type)
             self.started = -1.0
+
+
+class TrainingClock(L.Callback):
+    """After every validation: the fit's wall time so far (validation included), the training images seen and the
+    validation metrics, for "how long until val accuracy first reached X" (summary.json's history)."""
+
+    KEPT = ("val/acc", "val/macro_f1", "val/loss")
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.history: list[dict[str, float]] = []
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start the clock."""
+        self.started = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Record this validation (not the sanity check)."""
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        datamodule = trainer.datamodule
+        images = trainer.global_step * trainer.accumulate_grad_batches * trainer.world_size * datamodule.batch_size
+        metrics = {key: float(trainer.callback_metrics[key]) for key in self.KEPT if key in trainer.callback_metrics}
+        self.history.append({"epoch": trainer.current_epoch, "elapsed_s": round(time.perf_counter() - self.started, 2),
+                             "train_images": images, **metrics})
