@@ -30,7 +30,7 @@ def run_audit(cfg: DictConfig) -> dict[str, Any]:
         near_threshold=datamodule.near_threshold,
         proxy_groups=datamodule.proxy_groups if datamodule.groups == "proxy" else None,
         max_pixels=datamodule.max_pixels, shortcut_folds=cfg.shortcut_folds,
-        shortcut_warn_at=cfg.shortcut_warn_at, seed=cfg.seed,
+        shortcut_warn_at=cfg.shortcut_warn_at, annotation_warn_margin=cfg.annotation_warn_margin, seed=cfg.seed,
     )
     summary = write_audit_report(out, audit, examples=cfg.examples)
     log.info("audit of %s written to %s", datamodule.name, out)

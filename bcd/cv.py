@@ -8,7 +8,6 @@ machines on one CV dir (cv.dir=... cv.fold=i) and be aggregated afterwards (cv.d
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -22,16 +21,25 @@ from omegaconf import DictConfig
 
 from bcd.config.checks import check_config
 from bcd.config.files import compose
-from bcd.data.folds import assign_folds, write_fold_manifests, write_folds
-from bcd.evaluation.cv import PLAN, PREDICTIONS, check_finished, compare_runs, finished_fold
+from bcd.data.folds import write_manifest_without
+from bcd.evaluation.cv import (
+    IMAGE_LEVEL,
+    PREDICTIONS,
+    check_request,
+    compare_runs,
+    ensure_plan,
+    finished_fold,
+)
+from bcd.evaluation.label_issues import label_issues, read_out_of_fold
 from bcd.inference.runners import TorchRunner, pick_device, score_loader
 from bcd.inference.scores import score_images
 from bcd.inference.views import resolve_tta
 from bcd.models.backbone import input_size
 from bcd.models.classifier import load_classifier
 from bcd.reporting.cv_report import write_cv_report
+from bcd.reporting.label_issues import label_issue_lines, write_label_issue_pictures, write_label_issues_csv
 from bcd.reporting.predictions import columns, score_rows, write_predictions
-from bcd.runs import check_outside_data, command_line, data_folder, write_json
+from bcd.runs import check_outside_data, data_folder, write_json
 from bcd.train import train
 from bcd.tuning.study import hydra_value, on_one_device, override_key, train_in_subprocess
 from bcd.utils.errors import ConfigError
@@ -39,7 +47,8 @@ from bcd.utils.errors import ConfigError
 log = logging.getLogger(__name__)
 
 CV_KEYS = ("folds", "cv")
-IMAGE_LEVEL = "image-level"
+# a manifest of the CV's images without the label-issue candidates, for a re-run (dataset=manifest)
+EXCLUDED = "label_issues_excluded.csv"
 
 
 def compose_cv(overrides: Sequence[str]) -> DictConfig:
@@ -74,86 +83,6 @@ def run_cv(argv: Sequence[str]) -> dict[str, Any] | None:
                      cfg.cv.fold, cv_dir)
             return None
     return aggregate(cv_dir, [d for d, _, _ in variants] + compared, cfg.cv)
-
-
-def check_request(
-    cfg: DictConfig, cv_dir: Path, aggregated: Sequence[Path], compared: Sequence[Path]
-) -> None:
-    """Fail before any training on what this command cannot do, naming the key and the fix."""
-    folds = cfg.folds
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
-        raise ConfigError(f"folds: {folds!r} must be an integer >= 2, e.g. folds=5")
-    if cfg.cv.fold is not None and not (isinstance(cfg.cv.fold, int) and 0 <= cfg.cv.fold < folds):
-        raise ConfigError(f"cv.fold: {cfg.cv.fold!r} is not a fold of folds={folds}; choose 0..{folds - 1}")
-    if cfg.cv.aggregate and (cfg.cv.fold is not None or not cfg.cv.dir):
-        raise ConfigError(
-            "cv.aggregate=true aggregates the finished folds of an existing CV dir: pass cv.dir=<it> "
-            "and no cv.fold"
-        )
-    if cfg.cv.fold is None:
-        for name in ("cv.json", "cv_report.md"):
-            if (cv_dir / name).exists():
-                raise FileExistsError(
-                    f"cv.dir: {cv_dir / name} exists; bcd never overwrites results. Delete cv.json "
-                    "and cv_report.md (they are rebuilt from the folds' predictions) or use a new cv.dir"
-                )
-    for run_dir in aggregated:
-        check_finished(run_dir, "cv.dir")
-    for other in compared:
-        check_finished(other, "cv.compare")
-
-
-def ensure_plan(cv_dir: Path, cfg: DictConfig, image_level: bool) -> dict[str, Any]:
-    """The CV dir's folds: read back when planned already (refusing other settings), else made and written."""
-    grouping = {key: cfg.dataset.get(key) for key in ("dedup", "near_threshold", "groups", "proxy_groups")}
-    settings = {
-        "folds": cfg.folds,
-        "seed": cfg.seed,
-        **grouping,
-        "image_level": image_level,
-        "task": cfg.task.name,
-        "model": cfg.model.name,
-        "img_size": input_size(cfg.model),
-    }
-    if (cv_dir / PLAN).is_file():
-        plan = json.loads((cv_dir / PLAN).read_text())
-        differ = {
-            k: (plan["settings"].get(k), v) for k, v in settings.items() if plan["settings"].get(k) != v
-        }
-        if differ:
-            raise ConfigError(
-                f"cv.dir: {cv_dir} was planned with other settings {{key: (planned, asked)}} {differ}; "
-                "run with the planned ones or choose a new cv.dir"
-            )
-        return plan
-    datamodule = instantiate(cfg.dataset, task=cfg.task.name, img_size=settings["img_size"], seed=cfg.seed)
-    datamodule.prepare()
-    samples = datamodule.samples
-    groups = [f"image{i}" for i in range(len(samples))] if image_level else datamodule.group_ids
-    folds = assign_folds([s.label for s in samples], groups, cfg.folds, cfg.seed)
-    write_fold_manifests(
-        cv_dir / "manifests", samples, folds, groups, datamodule.data_dir, cfg.dataset.val_fraction, cfg.seed
-    )
-    write_folds(cv_dir / "folds.csv", samples, folds, groups, datamodule.data_dir)
-    plan = {
-        "folds": cfg.folds,
-        "settings": settings,
-        "split_method": IMAGE_LEVEL if image_level else datamodule.split_method,
-        "n_images": len(samples),
-        "n_groups": len(set(groups)),
-        "fold_sizes": [int((folds == f).sum()) for f in range(cfg.folds)],
-        "class_names": datamodule.class_names,
-        "positive_classes": datamodule.positive_class_indices(),
-        "dataset": datamodule.name,
-        "fingerprint": datamodule.fingerprint,
-        "command": command_line(),
-    }
-    scratch = cv_dir / f".{PLAN}.{os.getpid()}"
-    write_json(scratch, plan)
-    os.replace(scratch, cv_dir / PLAN)  # written last: a plan means folds.csv and manifests/ are complete
-    log.info("%d folds of %d images in %d groups (%s): %s", cfg.folds, len(samples), plan["n_groups"],
-             plan["split_method"], cv_dir / "folds.csv")
-    return plan
 
 
 def run_fold(cv_dir: Path, fold: int, overrides: Sequence[str]) -> Path:
@@ -212,13 +141,28 @@ def aggregate(cv_dir: Path, run_dirs: Sequence[Path], cv: DictConfig) -> dict[st
     runs = compare_runs(run_dirs, cv)
     result = {**runs[0], "compare": runs[1:]}
     write_json(cv_dir / "cv.json", result)
-    write_cv_report(cv_dir / "cv_report.md", runs)
+    write_cv_report(cv_dir / "cv_report.md", runs, label_issue_report(cv_dir, runs[0]))
     for run in runs:
         pooled = run["pooled"]["macro_f1"]
         log.info("%s: macro-F1 %.3f ± %.3f over folds, pooled %.3f [%.3f-%.3f]", run["split_method"],
                  run["mean"]["macro_f1"], run["std"]["macro_f1"], *pooled.values())
     log.info("CV report: %s", cv_dir / "cv_report.md")
     return result
+
+
+def label_issue_report(cv_dir: Path, run: dict[str, Any]) -> list[str]:
+    """Rank the images a specialist should read again from the out-of-fold predictions, write their list, pictures
+    and a manifest without them; returns the cv_report.md section."""
+    classes = run["class_names"]
+    out_of_fold = read_out_of_fold([finished_fold(cv_dir, fold) / PREDICTIONS for fold in range(run["folds"])], classes)
+    issues = label_issues(out_of_fold, classes)
+    write_label_issues_csv(cv_dir / "label_issues.csv", issues)
+    root = Path(run.get("root") or Path(out_of_fold.paths[0]).parents[1])  # plans before root was recorded: class/file
+    left_out = write_manifest_without(cv_dir / "folds.csv", root, {i.path for i in issues}, cv_dir / EXCLUDED)
+    write_label_issue_pictures(cv_dir, issues, out_of_fold, classes, root)
+    log.info("%d label-issue candidates (for a specialist to re-read, not corrections): %s; a manifest without "
+             "them (%d rows left out): %s", len(issues), cv_dir / "label_issues.csv", left_out, cv_dir / EXCLUDED)
+    return label_issue_lines(issues, len(out_of_fold.paths), str(cv_dir / EXCLUDED))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

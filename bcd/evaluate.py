@@ -23,7 +23,7 @@ from bcd.data.decode import read_audited_rgb
 from bcd.data.sources import Sample
 from bcd.evaluation import stats
 from bcd.evaluation.calibration import fit_ood_threshold, fit_temperature
-from bcd.evaluation.robustness import evaluate_shifts
+from bcd.evaluation.robustness import background_only, evaluate_shifts
 from bcd.inference.calibration import Calibration
 from bcd.inference.explain import GradcamSubset, gradcam_of, gradcam_rule
 from bcd.inference.runners import make_runner, pick_device, score_loader
@@ -78,6 +78,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         loader_options={"batch_size": cfg.batch_size, "num_workers": datamodule.num_workers},
         bootstrap_options=bootstrap_options, tta=tta,
     ) if cfg.shift.kinds else None
+    background = background_only(
+        runner, [sample.path for sample in samples], targets, datamodule.img_size,
+        {"batch_size": cfg.batch_size, "num_workers": datamodule.num_workers}, bootstrap_options, tta,
+    ) if cfg.background_check else None
     calibration = fit_calibration(scored.get("val"), cfg.ood_quantile, tta, run.checkpoint)
     calibration_report = stats.calibration_report(logits, targets, calibration.temperature, cfg.calibration_bins)
     result = {
@@ -95,6 +99,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "metrics": {name: estimate.as_dict() for name, estimate in estimates.items()},
         "calibration": {k: v for k, v in calibration_report.items() if k != "curves"},
         **({"robust_acc": result_shift.get("robust_acc"), "shift": result_shift} if result_shift else {}),
+        **({"background_only": background} if background else {}),
         "confusion_matrix": confusion_matrix(probs.argmax(1), targets, len(datamodule.class_names)).tolist(),
     }
     write_json(out / "metrics.json", result)

@@ -177,6 +177,8 @@ class DataSummary:
     split_method: str
     skipped_files: Dict[str, str]  # noqa: UP006 - path -> reason
     citation: Optional[str] = None  # noqa: UP045
+    # groups of byte-identical files found by each split check (bcd.data.splits.SPLIT_CHECKS)
+    problems: Dict[str, int] = field(default_factory=dict)  # noqa: UP006
 
 
 @dataclass

@@ -61,7 +61,7 @@ def train(cfg: DictConfig) -> RunSummary | None:
     if is_main_process():
         # resolved (unlike Hydra's .hydra/config.yaml): what evaluate and later tools read back
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    datamodule.prepare(output_dir if is_main_process() else None)
+    datamodule.prepare(output_dir if is_main_process() else None, fail_on=cfg.audit.fail_on)
     prepared = time.time()
 
     model = Classifier(
@@ -76,6 +76,7 @@ def train(cfg: DictConfig) -> RunSummary | None:
         colour_norm=to_plain(cfg.colour_norm),
         colour_range=colour_range([s.path for s in datamodule.split_samples("train")], max_pixels=datamodule.max_pixels),
         tta=cfg.tta,
+        mask_annotations=datamodule.mask_annotations,
     )
     loggers = instantiate_dict(cfg.logger)
     callbacks = instantiate_dict(cfg.callbacks)

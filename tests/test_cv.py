@@ -206,3 +206,21 @@ def test_mistakes_are_refused_before_training(tmp_path: Path, args: list[str], m
     with pytest.raises(ConfigError, match=message):
         run_cv([*tiny_overrides(tmp_path), f"cv.dir={tmp_path / 'cv'}", *args])
     assert not (tmp_path / "cv").exists()
+
+
+@pytest.mark.slow
+def test_cli_ranks_label_issue_candidates_from_the_out_of_fold_predictions(cli_cv: Path) -> None:
+    rows = list(csv.DictReader((cli_cv / "label_issues.csv").open()))
+    with (cli_cv / "label_issues.csv").open() as handle:
+        assert handle.readline().strip() == "rank,path,given_label,suggested_label,self_confidence,fold"
+    assert [int(row["rank"]) for row in rows] == list(range(1, len(rows) + 1))
+    oof = {Path(row["path"]).name: row for fold in range(2)
+           for row in csv.DictReader((cli_cv / f"fold_{fold}" / "predictions.csv").open())}
+    for row in rows:  # each candidate's self-confidence is its out-of-fold probability of its own label
+        prediction = oof[Path(row["path"]).name]
+        assert float(row["self_confidence"]) == pytest.approx(float(prediction[f"prob_{row['given_label']}"]), abs=1e-5)
+    kept = list(csv.DictReader((cli_cv / "label_issues_excluded.csv").open()))
+    assert len(kept) == 48 - len(rows) and set(kept[0]) == {"path", "label", "group"}
+    report = (cli_cv / "cv_report.md").read_text()
+    assert "## Label-issue candidates" in report and "not corrections" in report
+    assert (cli_cv / "label_issues.html").is_file() == bool(rows)

@@ -11,6 +11,15 @@ from omegaconf import DictConfig, OmegaConf
 from bcd.utils.errors import ConfigError
 
 
+def _check_audit(cfg: DictConfig) -> None:
+    """audit.fail_on names split checks bcd knows."""
+    from bcd.data.splits import SPLIT_CHECKS
+
+    unknown = sorted(set(cfg.get("audit", {}).get("fail_on") or []) - set(SPLIT_CHECKS))
+    if unknown:
+        raise ConfigError(f"audit.fail_on: {unknown} are not checks bcd makes; choose from {sorted(SPLIT_CHECKS)}")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Fail fast on config values that would only break later (after data loading or hours of training)."""
     if OmegaConf.is_missing(cfg.dataset, "root"):
@@ -25,6 +34,7 @@ def check_config(cfg: DictConfig) -> None:
             "(torch.cuda.is_available() is False); use trainer.accelerator=cpu or auto"
         )
     _check_training_length(cfg.trainer)
+    _check_audit(cfg)
     if cfg.task.name not in ("multiclass", "binary"):
         raise ConfigError(f"task: {cfg.task.name!r} is not one of ['multiclass', 'binary']")
     if cfg.get("test_checkpoint", "best") not in ("best", "last"):

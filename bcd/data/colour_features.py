@@ -76,16 +76,24 @@ def image_colour_stats(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pixels = rgb[::step, ::step].reshape(-1, 3).astype(np.float64)
     optical_density = -np.log10((pixels + 1.0) / 256.0)
     stains = optical_density @ HED_FROM_RGB
-    brightness = pixels.sum(axis=1)
-    # The brightest quarter of the picture is the glass between cells: it shows the lamp and the slide's tint.
-    background = pixels[brightness >= np.quantile(brightness, 0.75)].mean(axis=0)
+    background = slide_background(pixels)
     stats = np.concatenate(
         [pixels.mean(axis=0), pixels.std(axis=0), optical_density.mean(axis=0), stains.mean(axis=0), background]
     )
-    histogram = np.concatenate(
-        [np.bincount(pixels[:, c].astype(int) * HISTOGRAM_BINS // 256, minlength=HISTOGRAM_BINS) for c in range(3)]
-    )
-    return stats, histogram / len(pixels)
+    return stats, channel_histogram(pixels)
+
+
+def slide_background(pixels: np.ndarray) -> np.ndarray:
+    """The colour (R, G, B) of the glass between the cells of (N, 3) pixels: the mean of the brightest quarter, which
+    shows the lamp and the slide's tint."""
+    brightness = pixels.sum(axis=1)
+    return pixels[brightness >= np.quantile(brightness, 0.75)].mean(axis=0)
+
+
+def channel_histogram(pixels: np.ndarray) -> np.ndarray:
+    """The share of (N, 3) RGB pixels in each of HISTOGRAM_BINS bins of each channel, concatenated."""
+    counts = [np.bincount(pixels[:, c].astype(int) * HISTOGRAM_BINS // 256, minlength=HISTOGRAM_BINS) for c in range(3)]
+    return np.concatenate(counts) / len(pixels)
 
 
 def colour_features(paths: Sequence[Path], max_pixels: int | None = MAX_PIXELS) -> ColourFeatures:

@@ -24,11 +24,13 @@ from bcd.data.spec import DatasetConfig
 from bcd.data.splits import (
     assign_splits,
     check_hashes,
+    check_split_problems,
     class_weights,
     fingerprint,
     split_counts,
     split_groups,
     split_method,
+    split_problems,
     write_manifest,
 )
 from bcd.data.synthetic import ensure_synthetic_dataset
@@ -78,6 +80,7 @@ class SmearDataModule(L.LightningDataModule):
         citation: str | None = DatasetConfig.citation,
         synthetic_images_per_class: int = DatasetConfig.synthetic_images_per_class,
         synthetic_image_size: int = DatasetConfig.synthetic_image_size,
+        mask_annotations: bool = DatasetConfig.mask_annotations,
         *,
         task: str = "multiclass",
         img_size: int = 224,
@@ -115,6 +118,8 @@ class SmearDataModule(L.LightningDataModule):
         self.citation = citation
         self.synthetic_images_per_class = synthetic_images_per_class
         self.synthetic_image_size = synthetic_image_size
+        # applied by the model (it travels with the checkpoint), recorded here with the rest of the data's options
+        self.mask_annotations = mask_annotations
         self.task = task
         self.img_size = img_size
         self.augment = A.Compose(list(augment)) if augment else None
@@ -127,13 +132,16 @@ class SmearDataModule(L.LightningDataModule):
         self.source_classes: list[str] = []
         self.bad_files: dict[Path, str] = {}
         self.class_weights: list[float] = []
+        self.problems: dict[str, list[list[Sample]]] = {}
         self.fingerprint = ""
         self.datasets: dict[str, SmearDataset] = {}
 
     # ---- preparing the split (once per process, before the model is built) ----
-    def prepare(self, output_dir: Path | None = None, expected_classes: Sequence[str] | None = None) -> None:
+    def prepare(self, output_dir: Path | None = None, expected_classes: Sequence[str] | None = None,
+                fail_on: Sequence[str] = ()) -> None:
         """Scan, audit and split the data; write the manifest (and skipped files) to output_dir when given.
-        expected_classes: the classes a trained model predicts, which the data must have (in that order)."""
+        expected_classes: the classes a trained model predicts, which the data must have (in that order);
+        fail_on: the split checks (bcd.data.splits.SPLIT_CHECKS) that stop the run instead of warning."""
         root = self.data_dir = self.data_root()
         if self.split_manifest is not None:
             samples, classes = read_manifest(self.split_manifest, root, self.classes, key="dataset.split_manifest")
@@ -168,6 +176,8 @@ class SmearDataModule(L.LightningDataModule):
         self.samples = assign_splits(
             samples, self.val_fraction, self.test_fraction, self.seed, groups=self.group_ids
         )
+        self.problems = split_problems(self.samples)
+        check_split_problems(self.problems, fail_on, root)
         self.class_weights = class_weights(self.targets("train"), len(self.class_names))
         self.fingerprint = fingerprint(self.samples, root)
         log.info("dataset %s: %s", self.name, json.dumps(split_counts(self.samples, self.source_classes)))
@@ -321,4 +331,5 @@ class SmearDataModule(L.LightningDataModule):
             "split_method": self.split_method,
             "skipped_files": {str(p): r for p, r in self.bad_files.items()},
             "citation": self.citation,
+            "problems": {check: len(groups) for check, groups in self.problems.items()},
         }

@@ -97,3 +97,16 @@ def write_fold_manifests(
 def _scratch(path: Path) -> Path:
     """A hidden file beside path to write first and then move into place, so no reader sees half a file."""
     return path.with_name(f".{path.name}.{os.getpid()}")
+
+
+def write_manifest_without(folds_csv: Path, root: Path, excluded: set[str], path: Path) -> int:
+    """A manifest (path,label,group; paths relative to root) of the folds.csv rows whose image is not in `excluded`
+    (absolute paths), for a re-run without them; returns how many rows it left out. The dataset is not touched."""
+    with folds_csv.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    kept = [row for row in rows if str((root / row["path"]).resolve()) not in excluded]
+    with path.open("x", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "group"])
+        writer.writerows([row["path"], row["label"], row["group"]] for row in kept)
+    return len(rows) - len(kept)

@@ -63,6 +63,9 @@ class DatasetConfig:
     # refuse images with more pixels than this (decompression bombs, wrong files)
     max_pixels: Optional[int] = MAX_PIXELS  # noqa: UP045
     citation: Optional[str] = None  # noqa: UP045
+    # fill burned-in annotation marks (scale-bar labels) with the background colour, inside the model's forward so
+    # that training, evaluation, prediction and the ONNX export all do it (bcd.models.annotations)
+    mask_annotations: bool = False
     # layout=synthetic only: images per class and their side length
     synthetic_images_per_class: int = 40
     synthetic_image_size: int = 224

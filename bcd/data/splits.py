@@ -116,7 +116,6 @@ def assign_splits(
         # val is a fraction of the whole dataset, so carve a larger share out of what is left for training
         share = val_fraction / (1.0 - (splits == "test").mean())
         splits[train[_holdout(labels[train], groups[train], share, seed + 1)]] = "val"
-    _warn_leaks(samples, splits)
     _warn_missing_classes(labels, splits)
     return [replace(s, split=str(split)) for s, split in zip(samples, splits, strict=True)]
 
@@ -132,15 +131,38 @@ def _warn_missing_classes(labels: np.ndarray, splits: np.ndarray) -> None:
             )
 
 
-def _warn_leaks(samples: Sequence[Sample], splits: np.ndarray) -> None:
-    """Warn when identical files sit on different sides of a split that was given to us."""
-    sides: dict[str, set[str]] = {}
-    for sample, split in zip(samples, splits, strict=True):
+# the cheap audit checks a training run makes on its own data (audit.fail_on names them)
+SPLIT_CHECKS = {
+    "label_conflicts": "byte-identical files with different labels",
+    "duplicates_across_splits": "byte-identical files on more than one side of the split (test images leak into "
+                                "training)",
+}
+
+
+def split_problems(samples: Sequence[Sample]) -> dict[str, list[list[Sample]]]:
+    """The groups of byte-identical samples (by sha1) that break a SPLIT_CHECKS rule, per check."""
+    by_content: dict[str, list[Sample]] = {}
+    for sample in samples:
         if sample.sha1:
-            sides.setdefault(sample.sha1, set()).add(str(split))
-    leaks = sum(len(s) > 1 for s in sides.values())
-    if leaks:
-        log.warning("%d byte-identical file(s) sit in more than one split: test images leak into training", leaks)
+            by_content.setdefault(sample.sha1, []).append(sample)
+    copies = [group for group in by_content.values() if len(group) > 1]
+    return {"label_conflicts": [g for g in copies if len({s.label for s in g}) > 1],
+            "duplicates_across_splits": [g for g in copies if len({s.split for s in g}) > 1]}
+
+
+def check_split_problems(problems: dict[str, list[list[Sample]]], fail_on: Sequence[str], root: Path) -> None:
+    """Refuse to go on when a check named in audit.fail_on found something (naming the files); warn otherwise."""
+    for check, groups in problems.items():
+        if not groups:
+            continue
+        shown = "\n".join("  " + ", ".join(f"{s.path.relative_to(root) if s.path.is_relative_to(root) else s.path} "
+                                           f"({s.label}, {s.split})" for s in group) for group in groups[:10])
+        more = f"\n  ... and {len(groups) - 10} more" if len(groups) > 10 else ""
+        message = f"dataset: {len(groups)} group(s) of {SPLIT_CHECKS[check]}:\n{shown}{more}"
+        if check in fail_on:
+            raise DatasetError(f"{message}\naudit.fail_on holds {check}: fix the files (or the split), or drop it "
+                               "from audit.fail_on to train with a warning")
+        log.warning("%s\n(audit.fail_on=[%s] would refuse to train)", message, check)
 
 
 def class_weights(labels: Sequence[int], num_classes: int) -> list[float]:

@@ -26,6 +26,7 @@ from bcd.data.near_duplicates import NearPair, near_duplicate_pairs, perceptual_
 from bcd.data.proxy_groups import proxy_cluster_sizes, proxy_group_ids
 from bcd.data.sources import DatasetError, Sample
 from bcd.data.splits import split_groups, split_method
+from bcd.evaluation.annotation_audit import WARN_MARGIN, AnnotationAudit, annotation_audit
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class DatasetAudit:
     dedup: str
     group_ids: list[str]
     proxy_ids: list[str | None] | None
+    annotations: AnnotationAudit
 
     def relative(self, path: Path) -> str:
         """A path as written in the report: relative to the dataset root."""
@@ -106,6 +108,8 @@ class DatasetAudit:
                 "warn_at": self.shortcut_warn_at,
                 "warning": self.shortcut_warning(),
             },
+            "annotation_marks": self.annotations.summary([s.label for s in self.samples], self.class_names,
+                                                         [self.relative(s.path) for s in self.samples]),
             "split_grouping": {
                 "dedup": self.dedup,
                 "split_method": split_method(self.dedup, self.samples, self.proxy_ids),
@@ -148,6 +152,7 @@ def audit_dataset(
     max_pixels: int | None = MAX_PIXELS,
     shortcut_folds: int = 5,
     shortcut_warn_at: float = 0.25,
+    annotation_warn_margin: float = WARN_MARGIN,
     seed: int = 0,
 ) -> DatasetAudit:
     """Audit a dataset's samples: files, duplicates, colour, the colour shortcut and (proxy_groups=k) proxy groups."""
@@ -178,6 +183,8 @@ def audit_dataset(
         dedup=dedup,
         group_ids=group_ids,
         proxy_ids=proxy_ids,
+        annotations=annotation_audit(paths, [s.label for s in good], group_ids, shortcut_folds, seed, max_pixels,
+                                     annotation_warn_margin),
     )
 
 

@@ -6,22 +6,28 @@ import csv
 import json
 import logging
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from bcd.data.folds import read_folds
+from bcd.data.folds import assign_folds, read_folds, write_fold_manifests, write_folds
 from bcd.evaluation import stats
 from bcd.inference.scores import probability_column
+from bcd.models.backbone import input_size
 from bcd.models.metrics import confusion_matrix, point_metrics
+from bcd.runs import command_line, write_json
 from bcd.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 PLAN, PREDICTIONS = "cv_plan.json", "predictions.csv"
+# the name of the CV run with image-level splits that cv.compare_image_level adds
+IMAGE_LEVEL = "image-level"
 
 
 def finished_fold(cv_dir: Path, fold: int) -> Path | None:
@@ -117,3 +123,85 @@ def _nan_stat(reduce: Any, values: np.ndarray, **kwargs: Any) -> float:
     finite = values[~np.isnan(values)]
     needed = 1 + kwargs.get("ddof", 0)
     return float(reduce(finite, **kwargs)) if len(finite) >= needed else math.nan
+
+
+def check_request(
+    cfg: DictConfig, cv_dir: Path, aggregated: Sequence[Path], compared: Sequence[Path]
+) -> None:
+    """Fail before any training on what this command cannot do, naming the key and the fix."""
+    folds = cfg.folds
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ConfigError(f"folds: {folds!r} must be an integer >= 2, e.g. folds=5")
+    if cfg.cv.fold is not None and not (isinstance(cfg.cv.fold, int) and 0 <= cfg.cv.fold < folds):
+        raise ConfigError(f"cv.fold: {cfg.cv.fold!r} is not a fold of folds={folds}; choose 0..{folds - 1}")
+    if cfg.cv.aggregate and (cfg.cv.fold is not None or not cfg.cv.dir):
+        raise ConfigError(
+            "cv.aggregate=true aggregates the finished folds of an existing CV dir: pass cv.dir=<it> "
+            "and no cv.fold"
+        )
+    if cfg.cv.fold is None:
+        for name in ("cv.json", "cv_report.md"):
+            if (cv_dir / name).exists():
+                raise FileExistsError(
+                    f"cv.dir: {cv_dir / name} exists; bcd never overwrites results. Delete cv.json "
+                    "and cv_report.md (they are rebuilt from the folds' predictions) or use a new cv.dir"
+                )
+    for run_dir in aggregated:
+        check_finished(run_dir, "cv.dir")
+    for other in compared:
+        check_finished(other, "cv.compare")
+
+
+def ensure_plan(cv_dir: Path, cfg: DictConfig, image_level: bool) -> dict[str, Any]:
+    """The CV dir's folds: read back when planned already (refusing other settings), else made and written."""
+    grouping = {key: cfg.dataset.get(key) for key in ("dedup", "near_threshold", "groups", "proxy_groups")}
+    settings = {
+        "folds": cfg.folds,
+        "seed": cfg.seed,
+        **grouping,
+        "image_level": image_level,
+        "task": cfg.task.name,
+        "model": cfg.model.name,
+        "img_size": input_size(cfg.model),
+    }
+    if (cv_dir / PLAN).is_file():
+        plan = json.loads((cv_dir / PLAN).read_text())
+        differ = {
+            k: (plan["settings"].get(k), v) for k, v in settings.items() if plan["settings"].get(k) != v
+        }
+        if differ:
+            raise ConfigError(
+                f"cv.dir: {cv_dir} was planned with other settings {{key: (planned, asked)}} {differ}; "
+                "run with the planned ones or choose a new cv.dir"
+            )
+        return plan
+    datamodule = instantiate(cfg.dataset, task=cfg.task.name, img_size=settings["img_size"], seed=cfg.seed)
+    datamodule.prepare()
+    samples = datamodule.samples
+    groups = [f"image{i}" for i in range(len(samples))] if image_level else datamodule.group_ids
+    folds = assign_folds([s.label for s in samples], groups, cfg.folds, cfg.seed)
+    write_fold_manifests(
+        cv_dir / "manifests", samples, folds, groups, datamodule.data_dir, cfg.dataset.val_fraction, cfg.seed
+    )
+    write_folds(cv_dir / "folds.csv", samples, folds, groups, datamodule.data_dir)
+    plan = {
+        "folds": cfg.folds,
+        "settings": settings,
+        "split_method": IMAGE_LEVEL if image_level else datamodule.split_method,
+        "n_images": len(samples),
+        "n_groups": len(set(groups)),
+        "fold_sizes": [int((folds == f).sum()) for f in range(cfg.folds)],
+        "class_names": datamodule.class_names,
+        "positive_classes": datamodule.positive_class_indices(),
+        "dataset": datamodule.name,
+        # the folder folds.csv's paths are relative to
+        "root": str(datamodule.data_dir),
+        "fingerprint": datamodule.fingerprint,
+        "command": command_line(),
+    }
+    scratch = cv_dir / f".{PLAN}.{os.getpid()}"
+    write_json(scratch, plan)
+    os.replace(scratch, cv_dir / PLAN)  # written last: a plan means folds.csv and manifests/ are complete
+    log.info("%d folds of %d images in %d groups (%s): %s", cfg.folds, len(samples), plan["n_groups"],
+             plan["split_method"], cv_dir / "folds.csv")
+    return plan

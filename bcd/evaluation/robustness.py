@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader
 
+from bcd.data.background import BackgroundOnlyImages
 from bcd.data.shifted import ShiftedImages
 from bcd.evaluation import stats
 from bcd.inference.runners import Runner, score_loader
@@ -44,3 +45,26 @@ def evaluate_shifts(
     if robust:
         result["robust_acc"] = {"kind": shift["robust_kind"], "strength": shift["robust_strength"], **robust[0]["acc"]}
     return result
+
+
+# the background-only accuracy is flagged when even its lower confidence bound is this far above chance
+BACKGROUND_FLAG_MARGIN = 0.15
+
+
+def background_only(
+    runner: Runner,
+    paths: Sequence[Path],
+    targets: np.ndarray,
+    img_size: int,
+    loader_options: Mapping[str, Any],
+    bootstrap_options: Mapping[str, Any],
+    tta: bool = False,
+) -> dict[str, Any]:
+    """Accuracy (with its CI) on the same images with their cells removed (bcd.data.background); flagged when the
+    model is well above chance (1 / classes) without any cell: it reads the slide, not the cell."""
+    images = BackgroundOnlyImages(paths, targets.tolist(), img_size)
+    logits, _ = score_loader(runner, DataLoader(images, **loader_options), tta, "background only (cells removed)")
+    accuracy = stats.bootstrap(probabilities(logits).numpy(), targets, **bootstrap_options)["acc"]
+    chance = 1.0 / len(bootstrap_options["class_names"])
+    return {"acc": accuracy.as_dict(), "chance": chance, "flag_margin": BACKGROUND_FLAG_MARGIN,
+            "flagged": bool(accuracy.low > chance + BACKGROUND_FLAG_MARGIN)}

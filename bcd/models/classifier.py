@@ -9,9 +9,11 @@ from typing import Any, Dict, List, Optional  # noqa: UP035 - the stored schema'
 
 import lightning as L
 import torch
+from torch import nn
 from torchmetrics import MeanMetric
 
 from bcd.models import registry
+from bcd.models.annotations import AnnotationMask
 from bcd.models.backbone import backbone_data_config, build_network, set_backbone_frozen
 from bcd.models.checkpoints import CheckpointError, read_checkpoint
 from bcd.models.metrics import ClassificationMetrics
@@ -44,6 +46,7 @@ class Classifier(L.LightningModule):
         colour_norm: Mapping[str, Any] | None = None,
         colour_range: Mapping[str, Sequence[float]] | None = None,
         tta: bool = False,
+        mask_annotations: bool = False,
         *,
         initial_weights: bool = True,
     ) -> None:
@@ -72,7 +75,9 @@ class Classifier(L.LightningModule):
             weights_path=spec.weights_path if initial_weights else None,
             weights=spec.weights if initial_weights else None,
         )
-        # colour normalisation first, in 0..255, so that it is part of every forward (train, eval, ONNX)
+        # burned-in annotation marks filled, then colour normalisation, in 0..255, so that both are part of every
+        # forward (train, eval, ONNX)
+        self.annotation_mask = AnnotationMask() if mask_annotations else nn.Identity()
         self.colour_norm = registry.build_named("colour_norm", colour_norm or {"name": "none"}, "colour_norm")
         # the range of per-image colour statistics seen in training, for bcd.predict's out-of-range warning
         self.colour_range = {name: list(bounds) for name, bounds in (colour_range or {}).items()}
@@ -94,7 +99,7 @@ class Classifier(L.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of uint8 (or 0..255 float) NCHW images."""
-        x = (self.colour_norm(images.float()) - self.pixel_mean) / self.pixel_std
+        x = (self.colour_norm(self.annotation_mask(images.float())) - self.pixel_mean) / self.pixel_std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
@@ -175,6 +180,7 @@ class StoredHparams:
     colour_norm: Optional[Dict[str, Any]] = None  # noqa: UP006, UP045
     colour_range: Optional[Dict[str, List[float]]] = None  # noqa: UP006, UP045
     tta: bool = False
+    mask_annotations: bool = False
 
 
 def load_classifier(ckpt_path: str | Path, map_location: str = "cpu") -> Classifier:

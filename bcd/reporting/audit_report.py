@@ -141,6 +141,7 @@ def audit_markdown(audit: DatasetAudit, summary: dict[str, Any]) -> list[str]:
         *_file_lines(summary),
         *_duplicate_lines(audit, summary),
         *_colour_lines(audit, summary),
+        *_annotation_lines(summary),
         *_split_lines(audit, summary),
     ]
 
@@ -154,6 +155,13 @@ def _warning_lines(audit: DatasetAudit, summary: dict[str, Any]) -> list[str]:
             f"{shortcut['balanced_accuracy']:.3f} (chance {shortcut['chance']:.3f}). A network can score high by "
             "recognising the stain or the lamp, not the cells: test it under a colour shift."
         )
+    marks = summary["annotation_marks"]
+    if marks["warning"]:
+        lines.append(
+            f"- **Annotation shortcut**: the image corners predict the class with balanced accuracy "
+            f"{marks['corner_score']['balanced_accuracy']:.3f}, {marks['difference']:+.3f} against patches from the "
+            "middle of the edges: burned-in marks carry the class. Consider dataset.mask_annotations=true."
+        )
     exact = summary["exact_duplicates"]["groups"]
     near = len(summary["near_duplicates"]["pairs_not_exact"])
     if exact or near:
@@ -164,6 +172,28 @@ def _warning_lines(audit: DatasetAudit, summary: dict[str, Any]) -> list[str]:
     if summary["bad_files"]:
         lines.append(f"- **Unreadable files**: {len(summary['bad_files'])}.")
     return ["## Warnings", "", *(lines or ["None."]), ""]
+
+
+def _annotation_lines(summary: dict[str, Any]) -> list[str]:
+    """Where burned-in marks sit per class, and the corner-shortcut score against its control."""
+    marks = summary["annotation_marks"]
+    score = lambda key: f"{marks[key]['balanced_accuracy']:.3f} ({marks[key]['folds']} folds)"  # noqa: E731
+    rows = [[name, c["images"], c["with_mark"], _counts(c["kinds"]) or "-", _counts(c["corners"]) or "-"]
+            for name, c in marks["per_class"].items()]
+    return [
+        "## Annotation marks (burned-in labels)", "",
+        "Marks found by bcd.models.annotations' colour rule (strongly red, or black) in the image corners; "
+        "`dataset.mask_annotations=true` fills them with the background colour inside the model.", "",
+        *markdown_table(["class", "images", "with a mark", "kind", "corner"], rows), "",
+        *markdown_table(["patches (colour histograms, grouped CV)", "balanced accuracy"], [
+            ["the four corners", score("corner_score")],
+            ["control: four same-size patches at the middle of the edges", score("control_score")],
+            ["the kind of mark alone (red, black, none)", score("kind_score")],
+        ]), "",
+        f"Corners minus control: **{marks['difference']:+.3f}** (a warning from {marks['warn_margin']:+.2f}: "
+        "`annotation_warn_margin`). Background colour alone already predicts the class on smear data, so the "
+        "corners are read against the control, not against chance.", "",
+    ]
 
 
 def _file_lines(summary: dict[str, Any]) -> list[str]:

@@ -22,8 +22,9 @@ FOLD_COLUMNS = [
 ]
 
 
-def write_cv_report(path: Path, runs: Sequence[Mapping[str, Any]]) -> None:
-    """cv_report.md: one row per CV run (mean ± std over folds, pooled with CI), then each run's folds."""
+def write_cv_report(path: Path, runs: Sequence[Mapping[str, Any]], sections: Sequence[str] = ()) -> None:
+    """cv_report.md: one row per CV run (mean ± std over folds, pooled with CI), then each run's folds, then the
+    given extra sections' lines (the label-issue candidates)."""
     first = runs[0]
     level = f"{first['ci_level']:.0%}"
     headline = [(key, label) for key, label in HEADLINE if key in first["pooled"]]
@@ -70,7 +71,7 @@ def write_cv_report(path: Path, runs: Sequence[Mapping[str, Any]]) -> None:
     for run in runs:
         lines += ["", f"## Folds: {run['split_method']} (`{run['dir']}`)", "", *_fold_table(run)]
         lines += ["", f"Pooled per class ({level} CI):", "", *_per_class_table(run)]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join([*lines, *sections]) + "\n")
 
 
 def _mean_std(run: Mapping[str, Any], key: str, digits: int = 3) -> str:

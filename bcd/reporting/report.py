@@ -69,6 +69,11 @@ def summary_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
     if robust:
         rows.append((f"robust_acc: accuracy under {robust['kind']} ±{robust['strength']:.0%} [{level}]",
                      format_estimate(robust)))
+    background = result.get("background_only")
+    if background:
+        rows.append((f"background only: accuracy with the cells removed [{level}]",
+                     f"{format_estimate(background['acc'])} (chance {background['chance']:.3f})"
+                     + ("; flagged: the model reads the slide" if background["flagged"] else "")))
     calibration = result["calibration"]
     rows.append(("ECE before / after temperature scaling", f"{calibration['before']['ece']:.4f} / "
                  + (f"{calibration['after']['ece']:.4f} (T = {calibration['temperature']:.3f})"
@@ -112,10 +117,10 @@ def _data_lines(result: Mapping[str, Any], run: TrainedRun, datamodule: Any) -> 
 
 
 def _shift_lines(result: Mapping[str, Any]) -> list[str]:
-    """The colour-shift table, or nothing when the evaluation ran with shift=none."""
+    """The colour-shift table (when the evaluation ran one) and the background-only check beside it."""
     shift = result.get("shift")
     if not shift:
-        return []
+        return _background_lines(result)
     lines = [
         "## Colour shifts (stain-shortcut check)",
         "",
@@ -131,7 +136,21 @@ def _shift_lines(result: Mapping[str, Any]) -> list[str]:
     if robust:
         lines += [f"**robust_acc** (accuracy under {robust['kind']} ±{robust['strength']:.0%}): "
                   f"{format_estimate(robust)}", ""]
-    return lines
+    return lines + _background_lines(result)
+
+
+def _background_lines(result: Mapping[str, Any]) -> list[str]:
+    """The background-only check, or nothing when it did not run."""
+    background = result.get("background_only")
+    if not background:
+        return []
+    verdict = ("**well above chance: the model reads the slide (stain, lamp, marks), not only the cell**"
+               if background["flagged"] else "not well above chance")
+    return ["## Background only (cells removed)", "",
+            "The same images with every stained cell (and mark) filled with the slide's background colour "
+            "(bcd.data.background: a colour threshold, documented there).", "",
+            f"Accuracy {format_estimate(background['acc'])}, chance {background['chance']:.3f}: {verdict} (flagged "
+            f"when the lower bound exceeds chance by {background['flag_margin']:.2f}).", ""]
 
 
 def write_report(

@@ -52,8 +52,8 @@ class GalleryWriter:
     """Writes each image's thumbnail and larger copy (and, when explained, its Grad-CAM overlay at both sizes)
     under <page dir>/review/, as the images come, and remembers the files for the page."""
 
-    def __init__(self, page_dir: Path, sizes: GallerySizes) -> None:
-        self.folder = page_dir / GALLERY_DIR
+    def __init__(self, page_dir: Path, sizes: GallerySizes, folder: str = GALLERY_DIR) -> None:
+        self.folder = page_dir / folder
         self.folder.mkdir(parents=True, exist_ok=False)
         self.sizes = sizes
         self.files: dict[int, dict[str, str | None]] = {}
@@ -71,7 +71,7 @@ class GalleryWriter:
     def _save(self, image: np.ndarray, stem: str, longest: int) -> str:
         """Save a JPEG copy, returning its path relative to the page."""
         _fit(image, longest).save(self.folder / f"{stem}.jpg", quality=88)
-        return f"{GALLERY_DIR}/{stem}.jpg"
+        return f"{self.folder.name}/{stem}.jpg"
 
 
 def gallery_items(
@@ -92,7 +92,8 @@ def gallery_items(
             "pr": [round(float(p), 5) for p in probs],
             # the loss of the calibrated probability of the true class: what "sort by loss" orders by
             "l": None if target is None else round(-math.log(max(float(probs[target]), 1e-12)), 5),
-            "o": None if scores.ood is None else bool(scores.ood[k]), "e": round(float(scores.ood_score[k]), 5),
+            "o": None if scores.ood is None else bool(scores.ood[k]),
+            "e": None if math.isnan(scores.ood_score[k]) else round(float(scores.ood_score[k]), 5),
             "a": bool(scores.abstain[k]), "w": colour_warnings[k], "s": None if splits is None else splits[k],
             **files.get(k, {"th": None, "lg": None, "ct": None, "cl": None}),
         })
