@@ -30,6 +30,8 @@ from bcd.inference.runners import make_runner, pick_device, score_loader
 from bcd.inference.scores import ImageScores, probabilities, score_images
 from bcd.inference.views import resolve_tta
 from bcd.models.classifier import Classifier, load_classifier
+from bcd.models.fitting import device_of
+from bcd.models.memory import inference_batch
 from bcd.models.metrics import confusion_matrix
 from bcd.reporting.figures import write_figures
 from bcd.reporting.plots import plot_shift_curves
@@ -49,8 +51,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run = TrainedRun.from_checkpoint(cfg.ckpt_path)
     model = load_classifier(run.checkpoint)
     tta = resolve_tta(cfg.tta, model.hparams)
-    options = {"task": model.hparams.task, "img_size": run.img_size(model.hparams["model"]), "seed": cfg.seed,
-               "batch_size": cfg.batch_size, "num_workers": cfg.num_workers, "cache_images": False}
+    img_size, device = run.img_size(model.hparams["model"]), pick_device(cfg.accelerator)
+    batch_size = inference_batch(dict(model.hparams), img_size, cfg.batch_size, device_of(cfg.accelerator),
+                                 cfg.memory_budget, Path(cfg.paths.cache_dir))
+    options = {"task": model.hparams.task, "img_size": img_size, "seed": cfg.seed, "batch_size": batch_size,
+               "num_workers": cfg.num_workers, "cache_images": False}
     if cfg.get("dataset"):  # composed by the user on the command line
         datamodule = instantiate(cfg.dataset, **options)
     else:  # the run's own data and split, rebuilt from its recorded config without running anything in it
@@ -59,7 +64,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare(expected_classes=model.class_names)
     datamodule.setup()
 
-    runner = make_runner(cfg.runtime, model, pick_device(cfg.accelerator), cfg.onnx_path)
+    runner = make_runner(cfg.runtime, model, device, cfg.onnx_path)
     splits = ["train", "val", "test"] if cfg.split == "all" else [cfg.split]
     scored = {s: score_loader(runner, datamodule.loader(s), tta, f"scoring the {s} split")
               for s in {*splits, "val"} if datamodule.split_samples(s)}
@@ -75,12 +80,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     estimates = stats.bootstrap(probs, targets, **bootstrap_options)
     result_shift = evaluate_shifts(
         runner, [sample.path for sample in samples], targets, datamodule.img_size, cfg.shift, estimates,
-        loader_options={"batch_size": cfg.batch_size, "num_workers": datamodule.num_workers},
+        loader_options={"batch_size": batch_size, "num_workers": datamodule.num_workers},
         bootstrap_options=bootstrap_options, tta=tta,
     ) if cfg.shift.kinds else None
     background = background_only(
         runner, [sample.path for sample in samples], targets, datamodule.img_size,
-        {"batch_size": cfg.batch_size, "num_workers": datamodule.num_workers}, bootstrap_options, tta,
+        {"batch_size": batch_size, "num_workers": datamodule.num_workers}, bootstrap_options, tta,
     ) if cfg.background_check else None
     calibration = fit_calibration(scored.get("val"), cfg.ood_quantile, tta, run.checkpoint)
     calibration_report = stats.calibration_report(logits, targets, calibration.temperature, cfg.calibration_bins)
@@ -91,6 +96,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "n_images": len(targets),
         "tta": tta,
         "runtime": cfg.runtime,
+        "batch_size": batch_size,  # cfg.batch_size, or fewer when that many would not fit (memory_budget)
         # the method that made the run's split (reading its manifest back cannot tell), else the given data's
         "split_method": (None if cfg.get("dataset") else run.split_method) or datamodule.split_method,
         "class_names": datamodule.class_names,
@@ -138,9 +144,10 @@ def review_page(out: Path, cfg: DictConfig, model: Classifier, samples: list[Sam
     needs_a_look = (scores.predicted != targets) | scores.abstain | np.array([bool(w) for w in warnings])
     if scores.ood is not None:
         needs_a_look |= scores.ood
-    for start in progress(range(0, len(samples), cfg.batch_size), "review page: thumbnails and Grad-CAM",
-                          math.ceil(len(samples) / cfg.batch_size)):
-        batch = slice(start, start + cfg.batch_size)
+    size = datamodule.batch_size  # the batch that fits (inference_batch)
+    for start in progress(range(0, len(samples), size), "review page: thumbnails and Grad-CAM",
+                          math.ceil(len(samples) / size)):
+        batch = slice(start, start + size)
         images = [read_audited_rgb(sample.path, datamodule.max_pixels) for sample in samples[batch]]
         chosen = subset.choose(scores.predicted[batch], needs_a_look[batch])
         maps = gradcam_of(model, [images[k] for k in chosen], scores.predicted[batch][chosen], datamodule.img_size)

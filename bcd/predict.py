@@ -23,6 +23,8 @@ from bcd.inference.runners import make_runner, pick_device
 from bcd.inference.scores import ImageScores
 from bcd.inference.views import resolve_tta
 from bcd.models.classifier import load_classifier
+from bcd.models.fitting import device_of
+from bcd.models.memory import inference_batch
 from bcd.reporting.overlays import write_contact_sheet
 from bcd.reporting.predictions import (
     batch_rows,
@@ -49,6 +51,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     claim_run_dir(out, inputs if inputs.is_dir() else None)  # never inside a folder of images to predict
     tta = resolve_tta(cfg.tta, model.hparams)
     device = pick_device(cfg.accelerator)
+    img_size = run.img_size(model.hparams["model"])
+    batch_size = inference_batch(dict(model.hparams), img_size, cfg.batch_size, device_of(cfg.accelerator),
+                                 cfg.memory_budget, Path(cfg.paths.cache_dir))
     runner = make_runner(cfg.runtime, model, device, cfg.onnx_path)
     paths = list_inputs(cfg.inputs)
     calibration, calibration_file = run.calibration(cfg.calibration, tta, checkpoint_tta=resolve_tta(None, model.hparams))
@@ -58,16 +63,16 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if not model.colour_range:
         log.info("the checkpoint records no training colour range: inputs' colours are not checked")
     predictor = Predictor(
-        runner=runner, img_size=run.img_size(model.hparams["model"]), max_pixels=cfg.max_pixels, tta=tta,
+        runner=runner, img_size=img_size, max_pixels=cfg.max_pixels, tta=tta,
         calibration=calibration, abstain_below=cfg.abstain_below, colour_range=model.colour_range,
         explain_with=model.to(device) if cfg.gradcam or cfg.report_html else None,
         explain_subset=None if cfg.gradcam else GradcamSubset(cfg.review.gradcam_per_class),
     )
     gallery = GalleryWriter(out, GallerySizes(cfg.review.thumbnail_px, cfg.review.large_px)) if cfg.report_html else None
-    rows, sheet, width, batches = [], [], len(str(len(paths) - 1)), math.ceil(len(paths) / cfg.batch_size)
+    rows, sheet, width, batches = [], [], len(str(len(paths) - 1)), math.ceil(len(paths) / batch_size)
     scored: list[ScoredBatch] = []
-    for start, batch in zip(range(0, len(paths), cfg.batch_size),
-                            progress(predictor.batches(paths, cfg.batch_size), f"predicting {len(paths)} images: batches",
+    for start, batch in zip(range(0, len(paths), batch_size),
+                            progress(predictor.batches(paths, batch_size), f"predicting {len(paths)} images: batches",
                                      batches), strict=True):
         rows_of_batch = batch_rows(batch, model.class_names)
         if cfg.gradcam and batch.paths:
@@ -81,7 +86,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if sheet:
         write_contact_sheet(out / "gradcam" / "contact_sheet.png", *zip(*sheet, strict=True))
 
-    summary = prediction_summary(rows, model.class_names, run.checkpoint, calibration, calibration_file, cfg, tta)
+    summary = {**prediction_summary(rows, model.class_names, run.checkpoint, calibration, calibration_file, cfg, tta),
+               "batch_size": batch_size}
     if summary["errors"]:
         first = next(row for row in rows if row.get("error"))
         log.warning("%d of %d images could not be read and have no prediction (error column of %s), e.g. %s: %s",

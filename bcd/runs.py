@@ -208,6 +208,8 @@ class RunSummary:
     versions: Dict[str, str]  # noqa: UP006
     # after every validation: epoch, elapsed_s (fit wall time so far), train_images, val/acc, val/macro_f1, val/loss
     history: List[Dict[str, float]] = field(default_factory=list)  # noqa: UP006
+    # the micro-batch plan (bcd.models.memory.MicroBatchPlan) and the peak memory training measured
+    memory: Dict[str, Any] = field(default_factory=dict)  # noqa: UP006
 
     @property
     def best_or_last(self) -> str:

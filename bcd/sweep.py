@@ -30,11 +30,11 @@ from bcd.tuning.study import (
     FINISHED,
     StopAfterFailures,
     hydra_value,
+    isolated,
     log_trial,
     n_finished,
     n_wanted,
     new_trial_dir,
-    on_one_device,
     open_study,
     override_key,
     queue_grid_points,
@@ -131,7 +131,7 @@ def run_trial(trial: optuna.Trial, sweep: DictConfig, space: dict, sweep_dir: Pa
             overrides += [f"logger.wandb.group={hydra_value(sweep.study_name)}",
                           f"logger.wandb.name=trial-{trial.number}"]
             cfg = compose_train([*overrides, f"paths.output_dir={hydra_value(str(run_dir))}"])
-        summary = train(cfg) if on_one_device(cfg) else train_in_subprocess(overrides, run_dir)
+        summary = train_in_subprocess(overrides, run_dir) if isolated(cfg, sweep.isolate_trials) else train(cfg)
         value = final_metric(summary, sweep.metric)
     except optuna.TrialPruned:
         raise
@@ -141,6 +141,8 @@ def run_trial(trial: optuna.Trial, sweep: DictConfig, space: dict, sweep_dir: Pa
     finally:
         trial.set_user_attr("duration_s", round(time.time() - started, 1))
     trial.set_user_attr("n_params", summary.n_params)
+    for key in ("micro_batch", "accumulate", "predicted_peak_bytes", "measured_peak_bytes"):  # its memory plan
+        trial.set_user_attr(key, summary.memory.get(key))
     trial.set_user_attr("train_images_per_s", summary.train_images_per_s)
     for key, test_value in summary.metrics.test.items():
         if key.count("/") == 1:  # test/macro_f1 -> test_macro_f1; per-class metrics stay in summary.json

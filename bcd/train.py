@@ -7,7 +7,6 @@ test the chosen checkpoint (test_checkpoint: best or last) on ONE device (exact 
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from bcd.config.checks import check_config, instantiate_dict, to_plain
@@ -24,6 +22,8 @@ from bcd.data.colour_range import colour_range
 from bcd.inference.testing import test_on_one_device
 from bcd.models.backbone import input_size
 from bcd.models.classifier import Classifier, load_classifier
+from bcd.models.fitting import device_of, fit_in_memory, same_plan_on_every_rank, trainer_arguments
+from bcd.models.memory import GIB, MicroBatchPlan, peak_memory, plan_micro_batches
 from bcd.models.registry import checked
 from bcd.runs import (
     Checkpoints,
@@ -86,12 +86,20 @@ def train(cfg: DictConfig) -> RunSummary | None:
     callbacks.append(clock)
     if not loggers:  # Lightning refuses a learning-rate monitor with nowhere to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams({"config": to_plain(cfg)})
+    device = device_of(cfg.trainer.accelerator)
+    plan = same_plan_on_every_rank(lambda: plan_micro_batches(
+        cfg.micro_batch, datamodule.batch_size, dict(model.hparams), img_size, device, cfg.trainer.precision,
+        cfg.trainer.get("memory_budget"), Path(cfg.paths.cache_dir)), datamodule.batch_size)
+    datamodule.batch_size = plan.micro_batch
+
+    def build_trainer(plan: MicroBatchPlan) -> L.Trainer:
+        return instantiate(trainer_arguments(to_plain(cfg.trainer), plan), callbacks=callbacks, logger=loggers or False)
 
     with finishing(loggers):
-        fit(trainer, model, datamodule, cfg.ckpt_path, output_dir)
+        trainer, plan = fit_in_memory(build_trainer, model, datamodule, plan, cfg.ckpt_path, output_dir,
+                                      device.startswith("cuda"), f"{cfg.model.name} at {img_size} px")
         fitted = time.time()
         if trainer.global_rank != 0:
             return None
@@ -101,27 +109,19 @@ def train(cfg: DictConfig) -> RunSummary | None:
             torch.distributed.destroy_process_group()
         chosen = getattr(Checkpoints.of(trainer), cfg.test_checkpoint)
         tested = load_classifier(chosen) if chosen else model  # no checkpoint saved: the weights in hand
-        test_metrics, confusion = test_on_one_device(cfg, tested, datamodule, loggers) if cfg.test else ({}, [])
+        peak = peak_memory(device)  # of training; the test that follows would only add its own
+        log.info("peak memory of training: %.2f GiB measured%s", peak / GIB, "" if plan.predicted_peak_bytes is None
+                 else f", {plan.predicted_peak_bytes / GIB:.2f} GiB predicted for one step")
+        test_metrics, confusion = (test_on_one_device(cfg, tested, datamodule, loggers, trainer.limit_test_batches)
+                                   if cfg.test else ({}, []))
         timings = {"prepare": prepared - started, "fit": fitted - prepared, "test": time.time() - fitted}
         summary = run_summary(cfg, trainer, datamodule, tested, test_metrics, confusion, final_metrics, timings)
         summary.history = clock.history
+        summary.memory = {**plan.as_dict(), "measured_peak_bytes": peak, "device": device}
         summary.write(output_dir / "summary.json")
     log.info("test metrics: %s", {k: round(v, 4) for k, v in test_metrics.items() if k.count("/") == 1})
     log.info("run dir: %s", output_dir)
     return summary
-
-
-def fit(trainer: L.Trainer, model: Classifier, datamodule: L.LightningDataModule, ckpt_path: str | None,
-        output_dir: Path) -> None:
-    """trainer.fit; a run stopped by SIGTERM (a scheduler's time limit, `kill`) exits with 143, saying how to resume."""
-    try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    except SIGTERMException:
-        last = output_dir / "checkpoints" / "last.ckpt"
-        resume = (f"resume with ckpt_path={last} (and the same overrides)" if last.is_file()
-                  else "no epoch had finished, so there is no checkpoint to resume from; start it again")
-        log.error("interrupted (SIGTERM) in epoch %d: no summary.json was written; %s", trainer.current_epoch, resume)
-        raise SystemExit(128 + signal.SIGTERM) from None
 
 
 def run_summary(
@@ -151,6 +151,7 @@ def run_summary(
         epochs=trainer.current_epoch,
         global_step=trainer.global_step,
         n_params=sum(p.numel() for p in tested.parameters()),
+        # effective batches: global_step counts optimizer steps, each of accumulate_grad_batches micro-batches
         train_images_per_s=round(
             trainer.global_step * trainer.accumulate_grad_batches * datamodule.batch_size * trainer.world_size
             / max(timings["fit"], 1e-9),

@@ -139,3 +139,26 @@ def test_a_run_trained_with_tta_is_tested_evaluated_and_predicted_with_it(train_
     assert single["tta"] is False
     predicted, _, _ = run_predict(tmp_path, f"ckpt_path={best}", f"inputs={synthetic_root}")
     assert predicted["tta"] is True
+
+
+def test_images_are_scored_in_batches_that_fit_the_memory_budget(trained: RunSummary, image_folder: Path,
+                                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a peak of 100 MiB + 10 MiB per image, a budget of 0.2 GiB (205 MiB) holds 10 images: evaluate and predict
+    score in batches of 10 (not necessarily a divisor: nothing is accumulated), and the numbers do not change."""
+    from bcd.models import memory
+    from tests.helpers.commands import run_predict
+    from tests.test_memory import linear_peak
+
+    whole, _ = run_evaluate(tmp_path, f"ckpt_path={trained.checkpoints.best}", "wandb=false", "batch_size=32",
+                            "shift=none", "report_html=false", name="whole")
+    monkeypatch.setattr(memory, "probe_peak", linear_peak())
+    fitted, _ = run_evaluate(tmp_path, f"ckpt_path={trained.checkpoints.best}", "wandb=false", "batch_size=32",
+                             "shift=none", "report_html=false", "memory_budget=0.2", name="fitted")
+    assert (whole["batch_size"], fitted["batch_size"]) == (32, 10)
+    for name in ("acc", "macro_f1", "auroc"):
+        assert fitted["metrics"][name]["value"] == pytest.approx(whole["metrics"][name]["value"], abs=1e-6), name
+    summary, _, _ = run_predict(tmp_path, f"ckpt_path={trained.checkpoints.best}", f"inputs={image_folder}",
+                                "batch_size=32", "memory_budget=0.2", "report_html=false")
+    assert summary["batch_size"] == 10
+    with pytest.raises(MemoryError, match=r"even a micro-batch of 1 .* raise memory_budget"):
+        run_evaluate(tmp_path, f"ckpt_path={trained.checkpoints.best}", "memory_budget=0.05", name="tiny")

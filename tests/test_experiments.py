@@ -14,6 +14,7 @@ ONE_STEP = [
     "model.pretrained=false", "model.img_size=64", "dataset.batch_size=4", "dataset.num_workers=0",
     "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
     "trainer.limit_test_batches=1", "logger=csv", "callbacks.progress_bar=null", "trainer.accelerator=cpu",
+    "micro_batch=4",
 ]
 
 

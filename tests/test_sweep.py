@@ -294,3 +294,39 @@ def test_a_worker_that_loses_the_race_to_create_the_tables_tries_again(
     monkeypatch.setattr(study_module.time, "sleep", lambda seconds: None)
     storage = study_module.make_storage(f"sqlite:///{tmp_path / 'study.db'}")
     assert isinstance(storage, real) and len(calls) == 2
+
+
+@pytest.mark.slow
+def test_a_trial_killed_by_a_signal_is_recorded_and_the_sweep_goes_on(synthetic_cache: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU trials run in processes of their own: the kernel killing one (as its out-of-memory killer does)
+    leaves the sweep's worker alive, the trial FAIL with the reason, and the next trial runs."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the trials import tests.helpers
+    kill = ["+callbacks.kill._target_=tests.helpers.crash.SigkillWhenDropRate", "+callbacks.kill.drop_rate=0.1"]
+    study = run(synthetic_cache, tmp_path / "sweep", *kill, "sweep=losses", "sweep.sampler=grid", "sweep.n_trials=2",
+                "~sweep.params", "+sweep.params={model:{drop_rate:{type:categorical,choices:[0.1,0.2]}}}",
+                "report=true")
+    by_rate = {t.params["model.drop_rate"]: t for t in study.trials}
+    killed, survived = by_rate[0.1], by_rate[0.2]
+    assert killed.state.name == "FAIL" and "killed by SIGKILL (out of memory?)" in killed.user_attrs["error"]
+    assert survived.state.name == "COMPLETE" and survived.user_attrs["micro_batch"] == 8
+    report = (tmp_path / "sweep" / "sweep.md").read_text()
+    assert "killed by SIGKILL (out of memory?)" in report and "| 8 x 1 |" in report
+
+
+@pytest.mark.slow
+def test_a_trial_that_cannot_fit_one_image_fails_with_the_reason_and_the_next_runs(synthetic_cache: Path,
+                                                                                   tmp_path: Path) -> None:
+    """A budget too small for a micro-batch of 1 ends that trial (FAIL, with why) before its first step; the sweep
+    goes on to the next grid point, whose plan is in the report."""
+    study = run(synthetic_cache, tmp_path / "sweep", "micro_batch=auto", "trainer.max_epochs=1", "sweep=losses",
+                "sweep.sampler=grid",
+                "sweep.n_trials=2", "~sweep.params",
+                "+sweep.params={trainer:{memory_budget:{type:categorical,choices:[0.001,16.0]}}}", "report=true")
+    by_budget = {t.params["trainer.memory_budget"]: t for t in study.trials}
+    starved, fed = by_budget[0.001], by_budget[16.0]
+    assert starved.state.name == "FAIL" and "even a micro-batch of 1 needs about" in starved.user_attrs["error"]
+    assert fed.state.name == "COMPLETE" and fed.user_attrs["micro_batch"] == 8  # the whole batch of tiny_overrides
+    assert fed.user_attrs["predicted_peak_bytes"] > 0 and fed.user_attrs["measured_peak_bytes"] > 0
+    report = (tmp_path / "sweep" / "sweep.md").read_text()
+    assert "even a micro-batch of 1" in report and "| 8 x 1 |" in report and " GiB / " in report

@@ -50,7 +50,8 @@ class Tester(L.LightningModule):
 
 
 def test_on_one_device(
-    cfg: DictConfig, model: Classifier, datamodule: L.LightningDataModule, loggers: list
+    cfg: DictConfig, model: Classifier, datamodule: L.LightningDataModule, loggers: list,
+    limit_test_batches: int | float | None = None,
 ) -> tuple[dict[str, float], list[list[int]]]:
     """Test the model in this process alone, so no image is padded, duplicated or split across ranks; returns the
     test metrics and the confusion matrix."""
@@ -62,7 +63,7 @@ def test_on_one_device(
         devices=1,
         precision=cfg.trainer.precision,
         logger=loggers or False,
-        limit_test_batches=cfg.trainer.limit_test_batches,
+        limit_test_batches=limit_test_batches,
         enable_checkpointing=False,
         enable_progress_bar=False,
         default_root_dir=cfg.paths.output_dir,

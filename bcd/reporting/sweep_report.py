@@ -503,12 +503,13 @@ def _best_section(complete: Sequence[FrozenTrial], metric: str) -> list[str]:
 
 
 def _table_section(complete: Sequence[FrozenTrial], params: Sequence[str], metric: str) -> list[str]:
-    header = ["trial", *params, metric, "test_acc", "n_params", "img/s"]
+    header = ["trial", *params, metric, "test_acc", "n_params", "img/s", "micro-batch x accumulation",
+              "peak memory: predicted / measured"]
     lines = [
         "## COMPLETE trials (best first)",
         "",
         "| " + " | ".join(_cell(h) for h in header) + " |",
-        "| " + " | ".join(["---:"] + ["---"] * len(params) + ["---:"] * 4) + " |",
+        "| " + " | ".join(["---:"] + ["---"] * len(params) + ["---:"] * 6) + " |",
     ]
     for trial in complete:
         row = [
@@ -518,11 +519,25 @@ def _table_section(complete: Sequence[FrozenTrial], params: Sequence[str], metri
             _score_text(_attr_float(trial, "test_acc")),
             _n_params_text(_attr_float(trial, "n_params")),
             _speed_text(_attr_float(trial, "train_images_per_s")),
+            _memory_plan_text(trial),
+            f"{_gib_text(_attr_float(trial, 'predicted_peak_bytes'))} / "
+            f"{_gib_text(_attr_float(trial, 'measured_peak_bytes'))}",
         ]
         lines.append("| " + " | ".join(row) + " |")
     if not complete:
         lines += ["", "_No COMPLETE trials yet._"]
     return [*lines, ""]
+
+
+def _memory_plan_text(trial: FrozenTrial) -> str:
+    """'8 x 4': the micro-batch the trial trained with and how many it accumulated per optimizer step."""
+    micro, accumulate = trial.user_attrs.get("micro_batch"), trial.user_attrs.get("accumulate")
+    return "-" if micro is None else f"{micro} x {accumulate}"
+
+
+def _gib_text(value: float | None) -> str:
+    """Bytes in GiB, '-' when not recorded (a given micro_batch predicts nothing)."""
+    return "-" if value is None else f"{value / 1024**3:.2f} GiB"
 
 
 def _problem_section(trials: Sequence[FrozenTrial]) -> list[str]:

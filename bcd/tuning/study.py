@@ -8,6 +8,7 @@ import logging
 import math
 import re
 import reprlib
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import sqlalchemy.exc
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
+from bcd.models.fitting import device_of
 from bcd.runs import RunSummary
 from bcd.utils.errors import ConfigError
 
@@ -308,6 +310,25 @@ def on_one_device(cfg: DictConfig) -> bool:
     return one and cfg.trainer.get("num_nodes", 1) == 1
 
 
+def isolated(cfg: DictConfig, isolate: str | bool) -> bool:
+    """Whether a sweep trial trains in a process of its own: always for DDP (its launcher needs one), and with
+    sweep.isolate_trials=auto on the CPU, where running out of memory is the kernel killing the process, which
+    must not take the sweep's worker with it (on a GPU, out-of-memory is an exception the trial records)."""
+    if not on_one_device(cfg):
+        return True
+    if isolate == "auto":
+        return not device_of(cfg.trainer.accelerator).startswith("cuda")
+    if not isinstance(isolate, bool):
+        raise ConfigError(f"sweep.isolate_trials: {isolate!r} is not one of [auto, true, false]")
+    return isolate
+
+
+def last_exception(lines: Sequence[str]) -> str:
+    """The last `SomeError: message` line of a process's output (the reason it stopped), else its last line."""
+    reasons = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception|Interrupt): ", line)]
+    return reasons[-1] if reasons else (lines[-1] if lines else "no output")
+
+
 def train_in_subprocess(overrides: Sequence[str], run_dir: Path) -> RunSummary:
     """`python -m bcd.train <overrides>` in run_dir (output to subprocess.log); returns its summary."""
     command = [sys.executable, "-m", "bcd.train", *overrides, f"hydra.run.dir={hydra_value(str(run_dir))}"]
@@ -316,7 +337,12 @@ def train_in_subprocess(overrides: Sequence[str], run_dir: Path) -> RunSummary:
         code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode
     if (run_dir / "pruned.json").exists():
         raise optuna.TrialPruned(f"pruned: {json.loads((run_dir / 'pruned.json').read_text())}")
+    if code < 0:  # killed by a signal: the kernel's out-of-memory killer sends SIGKILL
+        name = signal.Signals(-code).name
+        raise RuntimeError(f"python -m bcd.train was killed by {name}"
+                           f"{' (out of memory?)' if -code == signal.SIGKILL else ''}; its output: {output}")
     if code != 0:
-        tail = "\n".join(output.read_text().splitlines()[-20:])
-        raise RuntimeError(f"python -m bcd.train exited with code {code} (full output: {output}):\n{tail}")
+        lines = output.read_text().splitlines()
+        raise RuntimeError(f"python -m bcd.train exited with code {code}: {last_exception(lines)} (full output: "
+                           f"{output}):\n" + "\n".join(lines[-20:]))
     return RunSummary.read(run_dir / "summary.json")

@@ -24,6 +24,9 @@ def tiny_overrides(cache_dir: Path) -> list[str]:
         "trainer.accelerator=cpu",
         "logger=csv",
         "callbacks.progress_bar=null",
+        # the whole batch at once: measuring the memory of micro_batch=auto (the default) costs ~20 s a model; the
+        # tests of bcd.models.memory and the wheel's smoke run exercise auto
+        "micro_batch=8",
     ]
 
 

@@ -33,3 +33,15 @@ class SigtermAtEpoch(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
         if trainer.current_epoch == self.epoch:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class SigkillWhenDropRate(L.Callback):
+    """SIGKILL this process at its first training batch when the model's drop_rate is `drop_rate`: what the kernel's
+    out-of-memory killer does to a process that grew too large, for one trial of a sweep."""
+
+    def __init__(self, drop_rate: float) -> None:
+        self.drop_rate = drop_rate
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        if pl_module.hparams.model["drop_rate"] == self.drop_rate:
+            os.kill(os.getpid(), signal.SIGKILL)

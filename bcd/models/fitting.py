@@ -1,0 +1,111 @@
+"""Fitting a Classifier in the memory at hand: Lightning's arguments for a micro-batch plan (bcd.models.memory), the
+fit itself (a SIGTERM exits with 143 saying how to resume), and on a GPU one retry at half the micro-batch when
+memory runs out in the first steps."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from bcd.models.classifier import Classifier
+from bcd.models.memory import GIB, MicroBatchPlan, given_micro_batch
+
+log = logging.getLogger(__name__)
+
+# an out-of-memory error after this many optimizer steps is not the micro-batch's size (that shows at once)
+FIRST_STEPS = 5
+# rank 0's micro-batch, in the environment Lightning's DDP launcher copies to the processes of the other ranks
+MICRO_BATCH_ENV = "BCD_DDP_MICRO_BATCH"
+
+
+def same_plan_on_every_rank(make_plan: Callable[[], MicroBatchPlan], batch: int) -> MicroBatchPlan:
+    """Rank 0's plan on every rank: rank 0 plans (make_plan) and leaves its micro-batch in the environment, the other
+    ranks take it as given. Ranks planning on their own could see different free memory, choose different
+    micro-batches, run different numbers of steps and wait on each other for ever."""
+    if rank_zero_only.rank != 0 and MICRO_BATCH_ENV in os.environ:
+        return given_micro_batch(batch, int(os.environ[MICRO_BATCH_ENV]))
+    plan = make_plan()
+    os.environ[MICRO_BATCH_ENV] = str(plan.micro_batch)
+    return plan
+
+
+def device_of(accelerator: str) -> str:
+    """The device a run's memory is planned on: the first GPU when it trains on one, else the CPU."""
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return "cuda:0" if on_gpu else "cpu"
+
+
+def trainer_arguments(trainer: Mapping[str, Any], plan: MicroBatchPlan) -> dict[str, Any]:
+    """Lightning's Trainer config for the plan: bcd's memory_budget taken out, the accumulation multiplied by the
+    plan's, and integer limit_*_batches, which count effective batches in bcd, turned into micro-batches."""
+    arguments = {key: value for key, value in trainer.items() if key != "memory_budget"}
+    arguments["accumulate_grad_batches"] = int(trainer.get("accumulate_grad_batches") or 1) * plan.accumulate
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+        limit = arguments.get(key)
+        if isinstance(limit, int) and not isinstance(limit, bool):
+            arguments[key] = limit * plan.accumulate
+    return arguments
+
+
+def fit(trainer: L.Trainer, model: Classifier, datamodule: L.LightningDataModule, ckpt_path: str | None,
+        output_dir: Path) -> None:
+    """trainer.fit; a run stopped by SIGTERM (a scheduler's time limit, `kill`) exits with 143, saying how to resume."""
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        last = output_dir / "checkpoints" / "last.ckpt"
+        resume = (f"resume with ckpt_path={last} (and the same overrides)" if last.is_file()
+                  else "no epoch had finished, so there is no checkpoint to resume from; start it again")
+        log.error("interrupted (SIGTERM) in epoch %d: no summary.json was written; %s", trainer.current_epoch, resume)
+        raise SystemExit(128 + signal.SIGTERM) from None
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch's out-of-memory errors, on a GPU or from the CPU allocator."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and ("out of memory" in str(error) or "can't allocate memory" in str(error)))
+
+
+def fit_in_memory(build_trainer: Callable[[MicroBatchPlan], L.Trainer], model: Classifier,
+                  datamodule: L.LightningDataModule, plan: MicroBatchPlan, ckpt_path: str | None, output_dir: Path,
+                  on_gpu: bool, what: str) -> tuple[L.Trainer, MicroBatchPlan]:
+    """Fit with the plan's micro-batches; on one GPU (not DDP: every rank would have to agree), memory running out in
+    the first steps is retried once at half the micro-batch (the accumulation doubled, the weights as they were) in the same run dir; otherwise it stops with a
+    message naming the model (`what`), the micro-batch and the budget."""
+    initial = copy.deepcopy(model.state_dict()) if on_gpu and plan.micro_batch > 1 else None
+    trainer = build_trainer(plan)
+    try:
+        fit(trainer, model, datamodule, ckpt_path, output_dir)
+        return trainer, plan
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        if not is_out_of_memory(error):
+            raise
+        budget = f"{plan.budget_bytes / GIB:.2f} GiB" if plan.budget_bytes else "none (micro_batch given)"
+        if initial is None or trainer.world_size > 1 or trainer.global_step >= FIRST_STEPS or ckpt_path:
+            raise MemoryError(f"{what}: out of memory at micro-batch {plan.micro_batch} (memory budget {budget}); set "
+                              "micro_batch to a smaller divisor of dataset.batch_size, or lower trainer.memory_budget so "
+                              "that auto picks one") from error
+    smaller = replace(plan, micro_batch=plan.micro_batch // 2, accumulate=plan.accumulate * 2,
+                      predicted_peak_bytes=None) if plan.batch % (plan.micro_batch // 2) == 0 else None
+    if smaller is None:
+        raise MemoryError(f"{what}: out of memory at micro-batch {plan.micro_batch}, and half of it does not divide "
+                          f"dataset.batch_size={plan.batch}; set micro_batch to a smaller divisor")
+    log.warning("%s: out of memory at micro-batch %d in the first steps; retrying once at %d (x%d accumulation) in "
+                "the same run dir", what, plan.micro_batch, smaller.micro_batch, smaller.accumulate)
+    torch.cuda.empty_cache()
+    model.load_state_dict(initial)
+    datamodule.batch_size = smaller.micro_batch
+    trainer = build_trainer(smaller)
+    fit(trainer, model, datamodule, ckpt_path, output_dir)
+    return trainer, smaller
