@@ -147,3 +147,11 @@ def test_every_ddp_rank_trains_with_rank_zeros_micro_batch(monkeypatch: pytest.M
     monkeypatch.setattr(rank_zero_only, "rank", 1)
     other = fitting.same_plan_on_every_rank(lambda: pytest.fail("rank 1 must not plan"), 32)
     assert (other.micro_batch, other.accumulate) == (8, 4)
+
+
+def test_a_wrong_micro_batch_or_budget_stops_bcd_train_before_any_data_is_read(tmp_path: Path) -> None:
+    from tests.helpers.cli import run_cli
+
+    for override, key in (("micro_batch=5", "micro_batch"), ("trainer.memory_budget=-1", "trainer.memory_budget")):
+        result = run_cli(["bcd.train", "dataset.root=/nowhere", "dataset=folder", override], cwd=tmp_path)
+        assert result.returncode != 0 and f"ConfigError: {key}: " in result.stderr, override  # not the missing folder

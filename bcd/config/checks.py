@@ -8,6 +8,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from bcd.models.memory import budget_bytes, given_micro_batch
 from bcd.utils.errors import ConfigError
 
 
@@ -18,6 +19,14 @@ def _check_audit(cfg: DictConfig) -> None:
     unknown = sorted(set(cfg.get("audit", {}).get("fail_on") or []) - set(SPLIT_CHECKS))
     if unknown:
         raise ConfigError(f"audit.fail_on: {unknown} are not checks bcd makes; choose from {sorted(SPLIT_CHECKS)}")
+
+
+def _check_memory(cfg: DictConfig) -> None:
+    """micro_batch (auto or a divisor of dataset.batch_size) and trainer.memory_budget (GiB > 0), before any data."""
+    if cfg.get("micro_batch", "auto") != "auto":
+        given_micro_batch(cfg.dataset.batch_size, cfg.micro_batch)
+    if cfg.trainer.get("memory_budget") is not None:
+        budget_bytes("cpu", cfg.trainer.memory_budget)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -35,6 +44,7 @@ def check_config(cfg: DictConfig) -> None:
         )
     _check_training_length(cfg.trainer)
     _check_audit(cfg)
+    _check_memory(cfg)
     if cfg.task.name not in ("multiclass", "binary"):
         raise ConfigError(f"task: {cfg.task.name!r} is not one of ['multiclass', 'binary']")
     if cfg.get("test_checkpoint", "best") not in ("best", "last"):
