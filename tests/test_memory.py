@@ -67,6 +67,33 @@ def test_one_step_is_measured_in_a_fresh_process_and_remembered(tmp_path: Path) 
     assert memory.probe_peak(hparams, 48, 2, "cpu", "32-true", "train", tmp_path) == peak  # read back, not measured
 
 
+@pytest.mark.skipif(not memory.reset_peak_memory("cpu"), reason="the CPU's peak RSS can be restarted on Linux only")
+def test_the_probe_counts_the_step_not_building_the_model() -> None:
+    """A peak before the step (building B6, here a 1 GiB buffer) must not hide an inference step's own peak, or every
+    batch size would be predicted to need the same memory."""
+    from bcd.config.files import compose
+    from bcd.models.classifier import Classifier
+    from bcd.models.memory_probe import measure
+
+    cfg = compose("train", ["model=tiny", "model.img_size=48"])
+    model = Classifier(class_names=list("ABCD"), task="multiclass", model=dict(cfg.model), loss=dict(cfg.loss),
+                       optimizer=dict(cfg.optimizer), colour_norm=dict(cfg.colour_norm))
+    request = {"hparams": memory.memory_relevant(dict(model.hparams)), "img_size": 48, "micro": 1, "device": "cpu",
+               "precision": "32-true", "mode": "inference"}
+    transient = torch.ones(GIB // 4)  # 1 GiB, touched, then freed
+    del transient
+    assert memory.peak_memory("cpu") > _rss_bytes() + GIB // 2  # the transient is in this process's peak ...
+    result = measure(request)
+    assert result["restarted"] and result["peak_bytes"] < _rss_bytes() + GIB // 2  # ... and not in the step's
+
+
+def _rss_bytes() -> int:
+    """This process's resident memory now."""
+    from bcd.utils.rss import status_mib
+
+    return int(status_mib("VmRSS") * MIB)
+
+
 GRADIENT_RUN = ["model.name=test_efficientnet_gn.r160_in1k", "model.drop_rate=0", "augmentation=none",
                 "loss=ce", "optimizer=sgd", "optimizer.lr=0.1", "optimizer.momentum=0", "optimizer.nesterov=false",
                 "optimizer.weight_decay=0", "scheduler=none", "dataset.batch_size=32", "trainer.limit_train_batches=1",

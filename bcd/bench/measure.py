@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -11,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from bcd.utils.rss import peak_rss_mib, reset_peak_rss, status_mib
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -40,34 +41,6 @@ def rate_summary(rates: list[float]) -> dict[str, Any]:
     return {"images_per_s": round(statistics.median(rates), 2), "repeats": [round(r, 2) for r in rates]}
 
 
-def _status_mb(field: str, pid: int | str = "self") -> float | None:
-    """A memory field (VmRSS, VmHWM) of /proc/<pid>/status in MiB; None where /proc is missing."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def reset_peak_rss() -> bool:
-    """Start a new peak-RSS window for this process (Linux: clear_refs 5); False where it cannot."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mb(pid: int | str = "self") -> float:
-    """Peak resident memory of a process since the last reset_peak_rss (or since it started), in MiB."""
-    peak = _status_mb("VmHWM", pid)
-    if peak is None and pid == "self":  # macOS reports bytes, Linux KiB; only the process-lifetime peak
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return peak or 0.0
-
-
 def private_rss_mb(pid: int | str = "self") -> float | None:
     """Resident memory no other process shares (USS), in MiB: what a forked loader worker really adds,
     since its plain RSS also counts every page it still shares with the parent."""
@@ -83,9 +56,9 @@ def private_rss_mb(pid: int | str = "self") -> float | None:
 def peak_memory(record: dict[str, Any]) -> Iterator[None]:
     """Record this process's resident memory before a section and its peak during it (MiB) into `record`."""
     reset = reset_peak_rss()
-    before = _status_mb("VmRSS") or peak_rss_mb()
+    before = status_mib("VmRSS") or peak_rss_mib()
     yield
-    peak = peak_rss_mb()
+    peak = peak_rss_mib()
     record["memory_mb"] = {
         "rss_before": round(before, 1),
         "peak_rss": round(peak, 1),

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from bcd.utils.errors import ConfigError
+from bcd.utils.rss import peak_rss_mib, reset_peak_rss
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ GIB = 1024**3
 BUDGET_FRACTION = 0.7
 # the two micro-batches the straight line goes through
 PROBES = (1, 2)
+# in the cache key: 2 counts the peak from the built model (1 counted building it, which hid inference steps)
+PROBE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,7 @@ def probe_peak(hparams: Mapping[str, Any], img_size: int, micro: int, device: st
     back from the cache of an earlier measurement of exactly this)."""
     request = {"hparams": dict(hparams), "img_size": img_size, "micro": micro, "device": device,
                "precision": precision, "mode": mode}
-    key = hashlib.sha1(json.dumps({**request, "torch": version("torch"), "device_name": _device_name(device),
+    key = hashlib.sha1(json.dumps({**request, "probe": PROBE_VERSION, "torch": version("torch"), "device_name": _device_name(device),
                                    "allocator": os.environ.get("LD_PRELOAD", "") + os.environ.get("GLIBC_TUNABLES", "")},
                                   sort_keys=True, default=str).encode()).hexdigest()[:20]
     cached = cache_dir / "memory" / f"{key}.json" if cache_dir is not None else None
@@ -172,7 +175,11 @@ def probe_peak(hparams: Mapping[str, Any], img_size: int, micro: int, device: st
     if result.returncode != 0:
         tail = "\n".join(result.stderr.strip().splitlines()[-5:])
         raise MemoryError(f"measuring one step of micro-batch {micro} failed (exit {result.returncode}): {tail}")
-    peak = int(json.loads(result.stdout.strip().splitlines()[-1])["peak_bytes"])
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    peak = int(measured["peak_bytes"])
+    if not measured["restarted"]:
+        log.warning("could not restart the peak-memory count after building the model (not Linux?): the measured "
+                    "step may be hidden under that peak and the micro-batch too large; set micro_batch=N if it is")
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         scratch = cached.with_name(f".{cached.name}.{os.getpid()}")
@@ -187,9 +194,17 @@ def _device_name(device: str) -> str:
 
 
 def peak_memory(device: str) -> int:
-    """The peak memory of this process so far: the GPU's reserved memory, or the peak resident memory on the CPU."""
+    """The peak memory of this process since it started or since reset_peak_memory: the GPU's reserved memory, or the
+    peak resident memory on the CPU."""
     if device.startswith("cuda"):
         return int(torch.cuda.max_memory_reserved(torch.device(device)))
-    import resource
+    return int(peak_rss_mib() * 1024**2)
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+def reset_peak_memory(device: str) -> bool:
+    """Start a new peak at the memory in use now (so that a step's peak is not hidden under the higher one of building
+    the model); False where the CPU's peak cannot be restarted (not Linux)."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
+        return True
+    return reset_peak_rss()

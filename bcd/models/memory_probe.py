@@ -3,6 +3,7 @@ process, printing the process's peak memory as JSON (bcd.models.memory starts it
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from contextlib import nullcontext
@@ -11,14 +12,15 @@ import torch
 
 from bcd.models import registry
 from bcd.models.classifier import Classifier
-from bcd.models.memory import peak_memory
+from bcd.models.memory import peak_memory, reset_peak_memory
 
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
-def measure(request: dict) -> int:
-    """Run the step the request describes and return the peak bytes (the device's reserved memory on a GPU, the
-    process's peak resident memory on the CPU)."""
+def measure(request: dict) -> dict[str, int | bool]:
+    """Run the step the request describes and return its peak bytes (the device's reserved memory on a GPU, the
+    process's peak resident memory on the CPU), counted from the memory in use once the model is built, and whether
+    that restart of the peak was possible (`restarted`: else the peak may be building the model's)."""
     device = torch.device(request["device"])
     model = Classifier(**request["hparams"], initial_weights=False).to(device)  # the initial weights weigh the same
     micro, size = request["micro"], request["img_size"]
@@ -26,9 +28,13 @@ def measure(request: dict) -> int:
     targets = torch.randint(0, 2 if model.binary else len(model.class_names), (micro,), device=device)
     dtype = AUTOCAST.get(request["precision"])
     cast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
-    if request["mode"] == "train":
+    optimizer = registry.build("optimizer", model.optimizer_config, model.parameters()) \
+        if request["mode"] == "train" else None
+    gc.collect()
+    # building the model can peak higher than a small step (at inference, always): that peak must not hide the step's
+    restarted = reset_peak_memory(request["device"])
+    if optimizer is not None:
         model.train()
-        optimizer = registry.build("optimizer", model.optimizer_config, model.parameters())
         for _ in range(2):  # the second step holds the optimizer's state as training does
             optimizer.zero_grad(set_to_none=True)
             with cast:
@@ -39,8 +45,8 @@ def measure(request: dict) -> int:
         model.eval()
         with torch.inference_mode(), cast:
             model(images)
-    return peak_memory(request["device"])
+    return {"peak_bytes": peak_memory(request["device"]), "restarted": restarted}
 
 
 if __name__ == "__main__":
-    print(json.dumps({"peak_bytes": measure(json.loads(sys.argv[1]))}))
+    print(json.dumps(measure(json.loads(sys.argv[1]))))
