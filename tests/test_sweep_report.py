@@ -184,3 +184,15 @@ def test_without_model_param_groups_by_first_categorical(tmp_path: Path) -> None
     text = write_sweep_report(study, tmp_path).read_text()
     assert "### Metric by loss" in text
     assert_png(tmp_path / "metric_by_model.png")
+
+
+def test_table_shows_memory_plan_and_slow_speeds(tmp_path: Path) -> None:
+    study = optuna.create_study(direction="maximize")
+    gib = 1024**3
+    attrs = {"train_images_per_s": 0.45, "micro_batch": 4, "accumulate": 8,
+             "predicted_peak_bytes": 11.62 * gib, "measured_peak_bytes": 10.29 * gib}
+    add_trial(study, TrialState.COMPLETE, {"model": "b6"}, 0.5, user_attrs=attrs)
+    add_trial(study, TrialState.COMPLETE, {"model": "b0"}, 0.4, user_attrs={"train_images_per_s": 123.4})
+    text = write_sweep_report(study, tmp_path).read_text()
+    assert "| 0.45 | 4 x 8 | 11.62 GiB / 10.29 GiB |" in text  # B6 on a CPU is not "0 img/s"
+    assert "| 123 | - | - / - |" in text  # no plan recorded: said, not invented

@@ -426,7 +426,10 @@ def _score_text(value: float | None) -> str:
 
 
 def _speed_text(value: float | None) -> str:
-    return "–" if value is None else f"{value:.0f}"
+    """Training images/s: whole numbers from 10 up, two significant digits below (B6 on a CPU is ~0.5)."""
+    if value is None:
+        return "–"
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
 
 
 def _params_text(trial: FrozenTrial) -> str:
