@@ -37,3 +37,26 @@ def test_candidates_carry_the_given_and_suggested_labels() -> None:
     assert first.given == ["Benign", "Early", "Pre", "Pro"][given[k]] and first.self_confidence == probs[k, given[k]]
     assert first.suggested == ["Benign", "Early", "Pre", "Pro"][int(probs[k].argmax())] and first.fold == k % 5
     assert [i.self_confidence for i in issues] == sorted(i.self_confidence for i in issues)
+
+
+def test_the_candidates_page_offers_no_grad_cam_switch(tmp_path) -> None:
+    """label_issues.html has no Grad-CAM maps (the fold models are not loaded), so it shows no switch for them."""
+    from PIL import Image
+
+    from bcd.reporting.label_issues import write_label_issue_pictures
+
+    probs, given, _ = flipped_labels(n=40, seed=2)
+    root = tmp_path / "images"
+    root.mkdir()
+    paths = []
+    for i in range(40):
+        paths.append(str(root / f"img{i}.png"))
+        Image.new("RGB", (32, 32), (40 * (i % 6), 90, 160)).save(paths[-1])
+    out_of_fold = OutOfFold(paths, probs, given, np.arange(40) % 5)
+    issues = label_issues(out_of_fold, ["Benign", "Early", "Pre", "Pro"])
+    assert issues
+    cv_dir = tmp_path / "cv"
+    cv_dir.mkdir()
+    write_label_issue_pictures(cv_dir, issues, out_of_fold, ["Benign", "Early", "Pre", "Pro"], root)
+    page = (cv_dir / "label_issues.html").read_text()
+    assert 'id="gradcam"' not in page and "Grad-CAM is computed" not in page and 'id="gallery"' in page

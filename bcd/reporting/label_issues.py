@@ -74,7 +74,6 @@ def write_label_issue_pictures(cv_dir: Path, issues: Sequence[LabelIssue], out_o
         subtitle=CAVEAT, class_names=class_names,
         items=gallery_items(names, scores, [""] * len(issues), gallery.files, out_of_fold.targets[rows],
                             [f"fold {i.fold}" for i in issues]),
-        gradcam_rule="no image (out-of-fold probabilities come from the fold models, which this page does not load)",
         summary_rows=[("method", METHOD), ("candidates", f"{len(issues)} of {len(out_of_fold.paths)} images"),
                       ("columns", "true class = the given label, predicted = the label the fold model suggested")],
     )

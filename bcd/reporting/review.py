@@ -119,17 +119,19 @@ def write_review_page(
     subtitle: str,
     class_names: Sequence[str],
     items: list[dict[str, Any]],
-    gradcam_rule: str,
+    gradcam_rule: str = "",
     summary_rows: Sequence[tuple[str, Any]] = (),
     report_markdown: str | None = None,
     model_card_markdown: str | None = None,
     unreadable: Sequence[tuple[str, str]] = (),
 ) -> Path:
-    """Write report.html (mode: "evaluate", with true classes and a confusion matrix, or "predict")."""
+    """Write report.html (mode: "evaluate", with true classes and a confusion matrix, or "predict"); the Grad-CAM
+    switch and `gradcam_rule` (which images have maps) appear only when some item has an overlay."""
     environment = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
     template = environment.from_string(files("bcd.reporting").joinpath("templates/review.html").read_text())
     page = template.render(
         mode=mode, title=title, subtitle=subtitle, summary_rows=summary_rows, gradcam_rule=gradcam_rule,
+        has_gradcam=any(item.get("ct") for item in items),
         report_html=markdown_html(report_markdown) if report_markdown else None,
         model_card_html=markdown_html(model_card_markdown) if model_card_markdown else None,
         unreadable=unreadable,
