@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from bcd.evaluation.label_issues import OutOfFold, label_issues, rank_label_issues
@@ -39,7 +41,7 @@ def test_candidates_carry_the_given_and_suggested_labels() -> None:
     assert [i.self_confidence for i in issues] == sorted(i.self_confidence for i in issues)
 
 
-def test_the_candidates_page_offers_no_grad_cam_switch(tmp_path) -> None:
+def test_the_candidates_page_offers_no_grad_cam_switch(tmp_path: Path) -> None:
     """label_issues.html has no Grad-CAM maps (the fold models are not loaded), so it shows no switch for them."""
     from PIL import Image
 

@@ -1,7 +1,8 @@
 """Micro-batches chosen to fit: the peak memory of one training step (or one inference batch) of the actual model,
 image size and precision, measured on the target device at two small micro-batches in a fresh process each (the
-allocator keeps freed memory, and a process's peak only grows, so it cannot be measured in the process that trains),
-a straight line through the two, and the largest micro-batch that divides the batch and fits the budget.
+allocator keeps freed memory, so it cannot be measured in the process that trains), counted from the memory in use
+once the model is built (reset_peak_memory), a straight line through the two, and the largest micro-batch that
+divides the batch and fits the budget.
 
 The budget is BUDGET_FRACTION of the memory this process may use (RAM on the CPU, the device's free memory on a
 GPU), or trainer.memory_budget GiB. The measured peaks are kept in <paths.cache_dir>/memory/, keyed by everything
@@ -164,9 +165,9 @@ def probe_peak(hparams: Mapping[str, Any], img_size: int, micro: int, device: st
     back from the cache of an earlier measurement of exactly this)."""
     request = {"hparams": dict(hparams), "img_size": img_size, "micro": micro, "device": device,
                "precision": precision, "mode": mode}
-    key = hashlib.sha1(json.dumps({**request, "probe": PROBE_VERSION, "torch": version("torch"), "device_name": _device_name(device),
-                                   "allocator": os.environ.get("LD_PRELOAD", "") + os.environ.get("GLIBC_TUNABLES", "")},
-                                  sort_keys=True, default=str).encode()).hexdigest()[:20]
+    depends_on = {**request, "probe": PROBE_VERSION, "torch": version("torch"), "device_name": _device_name(device),
+                  "allocator": os.environ.get("LD_PRELOAD", "") + os.environ.get("GLIBC_TUNABLES", "")}
+    key = hashlib.sha1(json.dumps(depends_on, sort_keys=True, default=str).encode()).hexdigest()[:20]
     cached = cache_dir / "memory" / f"{key}.json" if cache_dir is not None else None
     if cached is not None and cached.is_file():
         return int(json.loads(cached.read_text())["peak_bytes"])
@@ -178,8 +179,9 @@ def probe_peak(hparams: Mapping[str, Any], img_size: int, micro: int, device: st
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     peak = int(measured["peak_bytes"])
     if not measured["restarted"]:
+        setting = "batch_size=N or memory_budget" if mode == "inference" else "micro_batch=N or trainer.memory_budget"
         log.warning("could not restart the peak-memory count after building the model (not Linux?): the measured "
-                    "step may be hidden under that peak and the micro-batch too large; set micro_batch=N if it is")
+                    "step may be hidden under that peak and the batch chosen too large; set %s if it is", setting)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         scratch = cached.with_name(f".{cached.name}.{os.getpid()}")

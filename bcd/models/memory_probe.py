@@ -1,5 +1,6 @@
 """`python -m bcd.models.memory_probe '<json>'`: one training step (or one inference batch) of a Classifier in a fresh
-process, printing the process's peak memory as JSON (bcd.models.memory starts it and reads the line)."""
+process, printing as JSON its peak memory since the model was built (`peak_bytes`) and whether that restart of the
+peak was possible (`restarted`); bcd.models.memory starts it and reads the line."""
 
 from __future__ import annotations
 

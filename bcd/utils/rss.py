@@ -4,6 +4,7 @@ the micro-batch probe (bcd.models.memory)."""
 from __future__ import annotations
 
 import resource
+import sys
 from pathlib import Path
 
 
@@ -30,6 +31,7 @@ def reset_peak_rss() -> bool:
 def peak_rss_mib(pid: int | str = "self") -> float:
     """Peak resident memory of a process since the last reset_peak_rss (or since it started), in MiB."""
     peak = status_mib("VmHWM", pid)
-    if peak is None and pid == "self":  # no /proc: only the process-lifetime peak (Linux reports it in KiB)
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if peak is None and pid == "self":  # no /proc: only the process-lifetime peak, in bytes on macOS, KiB elsewhere
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return maxrss / 1024**2 if sys.platform == "darwin" else maxrss / 1024
     return peak or 0.0
