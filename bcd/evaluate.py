@@ -20,17 +20,16 @@ from bcd.config.entry import entry_point
 from bcd.data.colour_range import colour_warnings
 from bcd.data.datamodule import SmearDataModule
 from bcd.data.decode import read_audited_rgb
-from bcd.data.sources import Sample
+from bcd.data.sources import Sample, relative_name
 from bcd.evaluation import stats
 from bcd.evaluation.calibration import fit_ood_threshold, fit_temperature
 from bcd.evaluation.robustness import background_only, evaluate_shifts
 from bcd.inference.calibration import Calibration
-from bcd.inference.explain import GradcamSubset, gradcam_of, gradcam_rule
+from bcd.inference.explain import GradcamSubset, gradcam_of, gradcam_rule, needs_a_look
 from bcd.inference.runners import make_runner, pick_device, score_loader
 from bcd.inference.scores import ImageScores, probabilities, score_images
 from bcd.inference.views import resolve_tta
 from bcd.models.classifier import Classifier, load_classifier
-from bcd.models.fitting import device_of
 from bcd.models.memory import inference_batch
 from bcd.models.metrics import confusion_matrix
 from bcd.reporting.figures import write_figures
@@ -52,7 +51,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     model = load_classifier(run.checkpoint)
     tta = resolve_tta(cfg.tta, model.hparams)
     img_size, device = run.img_size(model.hparams["model"]), pick_device(cfg.accelerator)
-    batch_size = inference_batch(dict(model.hparams), img_size, cfg.batch_size, device_of(cfg.accelerator),
+    batch_size = inference_batch(dict(model.hparams), img_size, cfg.batch_size, str(device),
                                  cfg.memory_budget, Path(cfg.paths.cache_dir))
     options = {"task": model.hparams.task, "img_size": img_size, "seed": cfg.seed, "batch_size": batch_size,
                "num_workers": cfg.num_workers, "cache_images": False}
@@ -73,18 +72,19 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     logits = np.concatenate([scored[s][0] for s in splits], axis=1)
     targets = np.concatenate([scored[s][1] for s in splits])
     samples = [sample for s in splits for sample in datamodule.split_samples(s)]
+    paths = [sample.path for sample in samples]
 
     probs = probabilities(logits).numpy()
     bootstrap_options = {"class_names": datamodule.class_names, "positive_classes": datamodule.positive_class_indices(),
                          "n_boot": cfg.n_boot, "ci": cfg.ci, "seed": cfg.seed}
     estimates = stats.bootstrap(probs, targets, **bootstrap_options)
     result_shift = evaluate_shifts(
-        runner, [sample.path for sample in samples], targets, datamodule.img_size, cfg.shift, estimates,
+        runner, paths, targets, datamodule.img_size, cfg.shift, estimates,
         loader_options={"batch_size": batch_size, "num_workers": datamodule.num_workers},
         bootstrap_options=bootstrap_options, tta=tta,
     ) if cfg.shift.kinds else None
     background = background_only(
-        runner, [sample.path for sample in samples], targets, datamodule.img_size,
+        runner, paths, targets, datamodule.img_size,
         {"batch_size": batch_size, "num_workers": datamodule.num_workers}, bootstrap_options, tta,
     ) if cfg.background_check else None
     calibration = fit_calibration(scored.get("val"), cfg.ood_quantile, tta, run.checkpoint)
@@ -113,7 +113,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.get("dataset"):
         run.save_calibration(calibration)
     scores = score_images(logits, calibration.temperature, calibration.ood_threshold, cfg.abstain_below)
-    warnings = colour_warnings([sample.path for sample in samples], model.colour_range, datamodule.max_pixels)
+    warnings = colour_warnings(paths, model.colour_range, datamodule.max_pixels)
     rows = [{"path": sample.path, "split": sample.split, "true_label": datamodule.class_names[target], **row,
              "colour_warning": warning}
             for sample, target, row, warning in zip(samples, targets, score_rows(scores, datamodule.class_names),
@@ -141,21 +141,18 @@ def review_page(out: Path, cfg: DictConfig, model: Classifier, samples: list[Sam
     the gallery's items."""
     gallery = GalleryWriter(out, GallerySizes(cfg.review.thumbnail_px, cfg.review.large_px))
     subset = GradcamSubset(cfg.review.gradcam_per_class)
-    needs_a_look = (scores.predicted != targets) | scores.abstain | np.array([bool(w) for w in warnings])
-    if scores.ood is not None:
-        needs_a_look |= scores.ood
+    flagged = needs_a_look(scores, warnings, targets)
     size = datamodule.batch_size  # the batch that fits (inference_batch)
     for start in progress(range(0, len(samples), size), "review page: thumbnails and Grad-CAM",
                           math.ceil(len(samples) / size)):
         batch = slice(start, start + size)
         images = [read_audited_rgb(sample.path, datamodule.max_pixels) for sample in samples[batch]]
-        chosen = subset.choose(scores.predicted[batch], needs_a_look[batch])
+        chosen = subset.choose(scores.predicted[batch], flagged[batch])
         maps = gradcam_of(model, [images[k] for k in chosen], scores.predicted[batch][chosen], datamodule.img_size)
         heatmaps = dict(zip(chosen, maps, strict=True))
         for k, image in enumerate(images):
             gallery.add(start + k, image, heatmaps.get(k))
-    names = [sample.path.relative_to(datamodule.data_dir).as_posix() if sample.path.is_relative_to(datamodule.data_dir)
-             else str(sample.path) for sample in samples]
+    names = [relative_name(sample.path, datamodule.data_dir) for sample in samples]
     items = gallery_items(names, scores, warnings, gallery.files, targets, [sample.split for sample in samples])
     write_review_page(
         out / "report.html", mode="evaluate", title=f"Evaluation of {Path(result['checkpoint']).name}",

@@ -23,7 +23,6 @@ from bcd.inference.runners import make_runner, pick_device
 from bcd.inference.scores import ImageScores
 from bcd.inference.views import resolve_tta
 from bcd.models.classifier import load_classifier
-from bcd.models.fitting import device_of
 from bcd.models.memory import inference_batch
 from bcd.reporting.overlays import write_contact_sheet
 from bcd.reporting.predictions import (
@@ -52,7 +51,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     tta = resolve_tta(cfg.tta, model.hparams)
     device = pick_device(cfg.accelerator)
     img_size = run.img_size(model.hparams["model"])
-    batch_size = inference_batch(dict(model.hparams), img_size, cfg.batch_size, device_of(cfg.accelerator),
+    batch_size = inference_batch(dict(model.hparams), img_size, cfg.batch_size, str(device),
                                  cfg.memory_budget, Path(cfg.paths.cache_dir))
     runner = make_runner(cfg.runtime, model, device, cfg.onnx_path)
     paths = list_inputs(cfg.inputs)

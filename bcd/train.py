@@ -40,7 +40,7 @@ from bcd.runs import (
 )
 from bcd.utils.allocator import active_allocator, log_allocator
 from bcd.utils.ema import EMAWeights
-from bcd.utils.timing import TrainingClock
+from bcd.utils.timing import TrainingClock, images_trained
 
 log = logging.getLogger(__name__)
 
@@ -151,12 +151,7 @@ def run_summary(
         epochs=trainer.current_epoch,
         global_step=trainer.global_step,
         n_params=sum(p.numel() for p in tested.parameters()),
-        # effective batches: global_step counts optimizer steps, each of accumulate_grad_batches micro-batches
-        train_images_per_s=round(
-            trainer.global_step * trainer.accumulate_grad_batches * datamodule.batch_size * trainer.world_size
-            / max(timings["fit"], 1e-9),
-            2,
-        ),
+        train_images_per_s=round(images_trained(trainer) / max(timings["fit"], 1e-9), 2),
         timings_s={**{k: round(v, 2) for k, v in timings.items()}, "total": round(sum(timings.values()), 2)},
         seed=cfg.seed,
         allocator=active_allocator(),

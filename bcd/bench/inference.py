@@ -13,11 +13,11 @@ import torch
 from omegaconf import DictConfig
 
 from bcd.bench.measure import median_rate, peak_memory
-from bcd.bench.training import AUTOCAST_DTYPES
 from bcd.config.checks import to_plain
 from bcd.inference.export import ExportedClassifier, export_onnx
 from bcd.inference.runners import OnnxRunner
 from bcd.models.classifier import Classifier
+from bcd.models.fitting import AUTOCAST_DTYPES
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,8 @@ from omegaconf import DictConfig, open_dict
 
 from bcd.bench.measure import median_rate, peak_memory, rate_summary, synchronize
 from bcd.config.checks import to_plain
+from bcd.models.fitting import AUTOCAST_DTYPES
 from bcd.models.registry import build_named
-
-AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def plain_timm_training(

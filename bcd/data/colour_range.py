@@ -49,9 +49,14 @@ def out_of_range(statistics: Mapping[str, float], ranges: Mapping[str, Sequence[
     return outside
 
 
+def colour_warning(image: np.ndarray, ranges: Mapping[str, Sequence[float]]) -> str:
+    """A decoded image's statistics outside the training range, joined by '; ' ('' when none)."""
+    return "; ".join(out_of_range(colour_statistics(image), ranges))
+
+
 def colour_warnings(paths: Sequence[Path], ranges: Mapping[str, Sequence[float]], max_pixels: int | None = None) -> list[str]:
-    """Per image (audited files), the statistics outside the training range joined by '; ' ('' when none)."""
+    """colour_warning of every image file (audited); all '' without a range, without reading the files."""
     if not ranges:
         return [""] * len(paths)
-    return ["; ".join(out_of_range(colour_statistics(read_audited_rgb(path, max_pixels=max_pixels)), ranges))
+    return [colour_warning(read_audited_rgb(path, max_pixels=max_pixels), ranges)
             for path in progress(paths, f"checking the colours of {len(paths)} images", len(paths))]

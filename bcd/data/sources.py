@@ -50,6 +50,11 @@ def check_root(root: str | Path) -> Path:
     return path
 
 
+def relative_name(path: Path, root: Path) -> str:
+    """A path as bcd writes it in manifests and reports: relative to root (with '/') when inside it, else whole."""
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
+
+
 def list_images(folder: Path) -> list[Path]:
     """Every file under folder (recursively) with an image extension, sorted; symbolic links that lead nowhere
     (broken, looping) are listed too, so reading them reports them instead of dropping them unnoticed."""

@@ -15,7 +15,7 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
 
 from bcd.data.near_duplicates import near_duplicate_pairs, perceptual_hashes
-from bcd.data.sources import SPLITS, DatasetError, Sample
+from bcd.data.sources import SPLITS, DatasetError, Sample, relative_name
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +155,8 @@ def check_split_problems(problems: dict[str, list[list[Sample]]], fail_on: Seque
     for check, groups in problems.items():
         if not groups:
             continue
-        shown = "\n".join("  " + ", ".join(f"{s.path.relative_to(root) if s.path.is_relative_to(root) else s.path} "
-                                           f"({s.label}, {s.split})" for s in group) for group in groups[:10])
+        shown = "\n".join("  " + ", ".join(f"{relative_name(s.path, root)} ({s.label}, {s.split})" for s in group)
+                          for group in groups[:10])
         more = f"\n  ... and {len(groups) - 10} more" if len(groups) > 10 else ""
         message = f"dataset: {len(groups)} group(s) of {SPLIT_CHECKS[check]}:\n{shown}{more}"
         if check in fail_on:
@@ -180,8 +180,7 @@ def write_manifest(path: Path, samples: Sequence[Sample], root: Path) -> None:
         writer = csv.writer(handle)
         writer.writerow(MANIFEST_COLUMNS)
         for s in samples:
-            rel = s.path.relative_to(root) if s.path.is_relative_to(root) else s.path
-            writer.writerow([rel.as_posix(), s.label, s.group or "", s.split or "", s.sha1 or ""])
+            writer.writerow([relative_name(s.path, root), s.label, s.group or "", s.split or "", s.sha1 or ""])
 
 
 def check_hashes(samples: Sequence[Sample], hashes: dict[Path, str], key: str) -> None:
@@ -198,8 +197,7 @@ def fingerprint(samples: Sequence[Sample], root: Path) -> str:
     """A short hash of (relative path, label, content) over all samples: same data, same fingerprint."""
     digest = hashlib.sha1()
     for s in sorted(samples, key=lambda s: str(s.path)):
-        rel = s.path.relative_to(root) if s.path.is_relative_to(root) else s.path
-        digest.update(f"{rel.as_posix()}\t{s.label}\t{s.sha1}\n".encode())
+        digest.update(f"{relative_name(s.path, root)}\t{s.label}\t{s.sha1}\n".encode())
     return digest.hexdigest()[:16]
 
 

@@ -16,7 +16,7 @@ import torch
 
 from bcd.data.colour_features import ShortcutScore, channel_histogram, colour_shortcut
 from bcd.data.decode import MAX_PIXELS, read_rgb
-from bcd.models.annotations import CORNER, MIN_PIXELS, RED_MARGIN, mark_pixels
+from bcd.models.annotations import CORNER, MIN_PIXELS, mark_kinds
 from bcd.utils.progress import progress
 
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
@@ -36,15 +36,15 @@ def patches(image: np.ndarray, side: int, corners: bool) -> list[np.ndarray]:
 def find_mark(image: np.ndarray) -> tuple[str | None, str]:
     """(the corner holding the most mark pixels, if at least MIN_PIXELS; its kind: red, black or red+black)."""
     side = max(1, round(CORNER * min(image.shape[:2])))
-    marks = mark_pixels(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()[None])[0, 0].numpy()
-    counts = [patch.sum() for patch in patches(marks[..., None], side, corners=True)]
+    red, black = (kind[0, 0].numpy()[..., None] for kind in
+                  mark_kinds(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()[None]))
+    counts = [patch.sum() for patch in patches(red | black, side, corners=True)]
     best = int(np.argmax(counts))
     if counts[best] < MIN_PIXELS:
         return None, ""
-    corner = patches(image.astype(int), side, corners=True)[best]
-    red = (corner[..., 0] - np.maximum(corner[..., 1], corner[..., 2]) > RED_MARGIN).sum() >= MIN_PIXELS
-    black = (corner.max(-1) < 60).sum() >= MIN_PIXELS
-    return CORNERS[best], "+".join(kind for kind, present in (("red", red), ("black", black)) if present)
+    present = {name: patches(kind, side, corners=True)[best].sum() >= MIN_PIXELS
+               for name, kind in (("red", red), ("black", black))}
+    return CORNERS[best], "+".join(name for name, found in present.items() if found)
 
 
 @dataclass(frozen=True)

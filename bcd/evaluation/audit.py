@@ -24,7 +24,7 @@ from bcd.data.decode import MAX_PIXELS
 from bcd.data.integrity import FileAudit, audit_files, format_bad_files
 from bcd.data.near_duplicates import NearPair, near_duplicate_pairs, perceptual_hashes
 from bcd.data.proxy_groups import proxy_cluster_sizes, proxy_group_ids
-from bcd.data.sources import DatasetError, Sample
+from bcd.data.sources import DatasetError, Sample, relative_name
 from bcd.data.splits import split_groups, split_method
 from bcd.evaluation.annotation_audit import WARN_MARGIN, AnnotationAudit, annotation_audit
 
@@ -56,7 +56,7 @@ class DatasetAudit:
 
     def relative(self, path: Path) -> str:
         """A path as written in the report: relative to the dataset root."""
-        return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
+        return relative_name(path, self.root)
 
     def exact_groups(self) -> list[list[int]]:
         """Groups (size >= 2) of byte-identical samples, as indices into samples."""

@@ -10,6 +10,7 @@ import torch
 
 from bcd.data.dataset import resize_square
 from bcd.inference.gradcam import gradcam
+from bcd.inference.scores import ImageScores
 from bcd.models.classifier import Classifier
 
 
@@ -35,6 +36,17 @@ class GradcamSubset:
                 self.taken[int(label)] += 1
                 chosen.append(k)
         return chosen
+
+
+def needs_a_look(scores: ImageScores, colour_warnings: Sequence[str], targets: np.ndarray | None = None) -> np.ndarray:
+    """(N,) booleans: the images a review always explains (and the rule gradcam_rule states): an error (when the true
+    classes are given), an abstention, out of distribution, a colour outside the training range."""
+    flagged = scores.abstain | np.array([bool(warning) for warning in colour_warnings], dtype=bool)
+    if scores.ood is not None:
+        flagged = flagged | scores.ood
+    if targets is not None:
+        flagged = flagged | (scores.predicted != np.asarray(targets))
+    return flagged
 
 
 def gradcam_rule(per_class: int | None) -> str:

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bcd.data.colour_range import colour_statistics, out_of_range
+from bcd.data.colour_range import colour_warning
 from bcd.data.dataset import resize_square
 from bcd.data.decode import UnreadableImageError, read_rgb
 from bcd.inference.calibration import Calibration
-from bcd.inference.explain import GradcamSubset, gradcam_of
+from bcd.inference.explain import GradcamSubset, gradcam_of, needs_a_look
 from bcd.inference.runners import Runner, view_logits
 from bcd.inference.scores import ImageScores, score_images
 from bcd.models.classifier import Classifier
@@ -72,13 +72,11 @@ class Predictor:
         with torch.inference_mode():
             logits = view_logits(self.runner, batch, self.tta).cpu()
         scores = score_images(logits, self.calibration.temperature, self.calibration.ood_threshold, self.abstain_below)
-        warnings = ["; ".join(out_of_range(colour_statistics(image), self.colour_range)) for image in images]
+        warnings = [colour_warning(image, self.colour_range) for image in images]
         heatmaps = {}
         if self.explain_with is not None:
-            needs_a_look = scores.abstain | np.array([bool(w) for w in warnings]) | (scores.ood if scores.ood is not None
-                                                                                      else False)
-            chosen = (self.explain_subset.choose(scores.predicted, needs_a_look) if self.explain_subset is not None
-                      else list(range(len(images))))
+            chosen = (list(range(len(images))) if self.explain_subset is None
+                      else self.explain_subset.choose(scores.predicted, needs_a_look(scores, warnings)))
             maps = gradcam_of(self.explain_with, [images[k] for k in chosen], scores.predicted[chosen], self.img_size)
             heatmaps = dict(zip(chosen, maps, strict=True))
         return ScoredBatch(paths, readable, images, scores, warnings, heatmaps, errors)

@@ -14,6 +14,7 @@ import torch
 
 from bcd.inference.views import dihedral_views
 from bcd.models.classifier import Classifier
+from bcd.models.fitting import device_of
 from bcd.utils.progress import progress
 
 RUNTIMES = ("torch", "onnx")
@@ -30,10 +31,8 @@ class Runner(Protocol):
 
 
 def pick_device(accelerator: str = "auto") -> torch.device:
-    """cuda when asked for (or available under auto), else cpu."""
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
+    """The device inference runs on: the one training and memory planning use (bcd.models.fitting.device_of)."""
+    return torch.device(device_of(accelerator))
 
 
 class TorchRunner:

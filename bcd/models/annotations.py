@@ -26,11 +26,16 @@ MIN_PIXELS = 5
 BACKGROUND = 0.8
 
 
+def mark_kinds(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 1, H, W) booleans each, for 0..255 float NCHW RGB images: the strongly red pixels and the black ones, the
+    colour rule's two kinds of mark."""
+    red, green, blue = images[:, 0:1], images[:, 1:2], images[:, 2:3]
+    return red - torch.maximum(green, blue) > RED_MARGIN, images.amax(dim=1, keepdim=True) < BLACK_LEVEL
+
+
 def mark_pixels(images: torch.Tensor) -> torch.Tensor:
     """(N, 1, H, W) booleans: the pixels of 0..255 float NCHW RGB images that the colour rule calls a mark."""
-    red, green, blue = images[:, 0:1], images[:, 1:2], images[:, 2:3]
-    strongly_red = red - torch.maximum(green, blue) > RED_MARGIN
-    black = images.amax(dim=1, keepdim=True) < BLACK_LEVEL
+    strongly_red, black = mark_kinds(images)
     return strongly_red | black
 
 

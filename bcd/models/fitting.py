@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 FIRST_STEPS = 5
 # rank 0's micro-batch, in the environment Lightning's DDP launcher copies to the processes of the other ranks
 MICRO_BATCH_ENV = "BCD_DDP_MICRO_BATCH"
+# the dtype torch.autocast runs a Lightning precision in (none: full precision)
+AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def same_plan_on_every_rank(make_plan: Callable[[], MicroBatchPlan], batch: int) -> MicroBatchPlan:

@@ -13,9 +13,8 @@ import torch
 
 from bcd.models import registry
 from bcd.models.classifier import Classifier
+from bcd.models.fitting import AUTOCAST_DTYPES
 from bcd.models.memory import peak_memory, reset_peak_memory
-
-AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def measure(request: dict) -> dict[str, int | bool]:
@@ -27,7 +26,7 @@ def measure(request: dict) -> dict[str, int | bool]:
     micro, size = request["micro"], request["img_size"]
     images = torch.randint(0, 256, (micro, 3, size, size), dtype=torch.uint8, device=device)
     targets = torch.randint(0, 2 if model.binary else len(model.class_names), (micro,), device=device)
-    dtype = AUTOCAST.get(request["precision"])
+    dtype = AUTOCAST_DTYPES.get(request["precision"])
     cast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
     optimizer = registry.build("optimizer", model.optimizer_config, model.parameters()) \
         if request["mode"] == "train" else None

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from bcd.data.decode import read_rgb
+from bcd.data.sources import relative_name
 from bcd.evaluation.label_issues import LabelIssue, OutOfFold
 from bcd.inference.scores import ImageScores
 from bcd.reporting.markdown import markdown_table
@@ -68,7 +69,7 @@ def write_label_issue_pictures(cv_dir: Path, issues: Sequence[LabelIssue], out_o
     probs = out_of_fold.probabilities[rows]
     scores = ImageScores(probs, probs.argmax(1), probs.max(1), np.full(len(rows), np.nan), None,
                          np.zeros(len(rows), dtype=bool))
-    names = [Path(i.path).relative_to(root).as_posix() if Path(i.path).is_relative_to(root) else i.path for i in issues]
+    names = [relative_name(Path(i.path), root) for i in issues]
     write_review_page(
         cv_dir / "label_issues.html", mode="evaluate", title=f"Label-issue candidates of {cv_dir.name}",
         subtitle=CAVEAT, class_names=class_names,

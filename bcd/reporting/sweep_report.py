@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna.visualization import matplotlib as optuna_plots
 
 # Reuse the evaluation report's figure helper so both reports look alike (Agg backend, dpi, rc style).
+from bcd.models.memory import GIB
 from bcd.reporting.plots import DPI, saved_figure, series_colour
 
 __all__ = ["write_sweep_report"]
@@ -540,7 +541,7 @@ def _memory_plan_text(trial: FrozenTrial) -> str:
 
 def _gib_text(value: float | None) -> str:
     """Bytes in GiB, '-' when not recorded (a given micro_batch predicts nothing)."""
-    return "-" if value is None else f"{value / 1024**3:.2f} GiB"
+    return "-" if value is None else f"{value / GIB:.2f} GiB"
 
 
 def _problem_section(trials: Sequence[FrozenTrial]) -> list[str]:

@@ -51,6 +51,12 @@ class EpochTimeEstimate(L.Callback):
             self.started = -1.0
 
 
+def images_trained(trainer: L.Trainer) -> int:
+    """Training images seen so far, counted in effective batches: optimizer steps x the micro-batches accumulated per
+    step x the images of a micro-batch (the datamodule's batch_size) x the processes."""
+    return trainer.global_step * trainer.accumulate_grad_batches * trainer.datamodule.batch_size * trainer.world_size
+
+
 class TrainingClock(L.Callback):
     """After every validation: the fit's wall time so far (validation included), the training images seen and the
     validation metrics, for "how long until val accuracy first reached X" (summary.json's history)."""
@@ -69,8 +75,6 @@ class TrainingClock(L.Callback):
         """Record this validation (not the sanity check)."""
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        datamodule = trainer.datamodule
-        images = trainer.global_step * trainer.accumulate_grad_batches * trainer.world_size * datamodule.batch_size
         metrics = {key: float(trainer.callback_metrics[key]) for key in self.KEPT if key in trainer.callback_metrics}
         self.history.append({"epoch": trainer.current_epoch, "elapsed_s": round(time.perf_counter() - self.started, 2),
-                             "train_images": images, **metrics})
+                             "train_images": images_trained(trainer), **metrics})
