@@ -200,8 +200,11 @@ class RunSummary:
     epochs: int
     global_step: int
     n_params: int
-    # training images per second of fit time (validation included), for speed-vs-accuracy comparisons
+    # training images per second of the fit loop (validations, checkpoints and logging included), for speed-vs-accuracy
+    # comparisons
     train_images_per_s: float
+    # prepare (reading and splitting the data), setup (model, loggers, memory plan, loaders: until the first step), fit
+    # (the fit loop), test, total; summaries before setup was split off count it in fit
     timings_s: Dict[str, float]  # noqa: UP006
     seed: int
     allocator: str

@@ -22,7 +22,13 @@ from bcd.data.colour_range import colour_range
 from bcd.inference.testing import test_on_one_device
 from bcd.models.backbone import input_size
 from bcd.models.classifier import Classifier, load_classifier
-from bcd.models.fitting import device_of, fit_in_memory, same_plan_on_every_rank, trainer_arguments
+from bcd.models.fitting import (
+    ValidationEveryImages,
+    device_of,
+    fit_in_memory,
+    same_plan_on_every_rank,
+    trainer_arguments,
+)
 from bcd.models.memory import GIB, MicroBatchPlan, peak_memory, plan_micro_batches
 from bcd.models.registry import checked
 from bcd.runs import (
@@ -82,6 +88,8 @@ def train(cfg: DictConfig) -> RunSummary | None:
     callbacks = instantiate_dict(cfg.callbacks)
     if cfg.ema_epochs:  # the averaged weights are what validation, checkpoints and test see
         callbacks.append(EMAWeights(cfg.ema_epochs))
+    if cfg.val_every_images is not None:
+        callbacks.append(ValidationEveryImages(cfg.val_every_images))
     clock = TrainingClock()
     callbacks.append(clock)
     if not loggers:  # Lightning refuses a learning-rate monitor with nowhere to log to
@@ -114,7 +122,10 @@ def train(cfg: DictConfig) -> RunSummary | None:
                  else f", {plan.predicted_peak_bytes / GIB:.2f} GiB predicted for one step")
         test_metrics, confusion = (test_on_one_device(cfg, tested, datamodule, loggers, trainer.limit_test_batches)
                                    if cfg.test else ({}, []))
-        timings = {"prepare": prepared - started, "fit": fitted - prepared, "test": time.time() - fitted}
+        # setup: the model, loggers, memory plan and loaders until the fit loop starts; fit: the fit loop
+        fit_started = clock.started_at or prepared
+        timings = {"prepare": prepared - started, "setup": fit_started - prepared, "fit": fitted - fit_started,
+                   "test": time.time() - fitted}
         summary = run_summary(cfg, trainer, datamodule, tested, test_metrics, confusion, final_metrics, timings)
         summary.history = clock.history
         summary.memory = {**plan.as_dict(), "measured_peak_bytes": peak, "device": device}

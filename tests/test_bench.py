@@ -14,6 +14,7 @@ import pytest
 from bcd.data.dataset import build_cache, load_image
 from bcd.data.decode import read_audited_rgb, read_rgb
 from bcd.utils.allocator import active_allocator, allocator_environment
+from bcd.utils.errors import ConfigError
 from tests.helpers.cli import run_cli
 from tests.helpers.configs import tiny_overrides
 from tests.helpers.paths import REPO
@@ -59,9 +60,44 @@ def test_bench_writes_every_section(synthetic_cache: Path, tmp_path: Path) -> No
     assert all(math.isfinite(x) and x >= 0 for x in _numbers(results)), "a negative or non-finite value"
     assert cpu["framework"]["memory_mb"]["peak_rss"] > 0
     assert results["machine"]["allocator"] != "system"  # the bench re-executed itself with a faster allocator
+    # each round also ran a whole 2-epoch fit as users run it (loggers, validations, checkpoints), beside its steps
+    assert len(cpu["fits"]) == 2 and all(fit["epochs"] == 2 and fit["validations"] == 2 for fit in cpu["fits"])
+    for fit, ratio in zip(cpu["fits"], cpu["rounds"], strict=True):
+        assert fit["images"] == 2 * 32 and fit["fit_s"] > 0 and fit["setup_s"] > 0  # 4 batches of 8 an epoch
+        assert fit["images_per_s"] == pytest.approx(fit["images"] / fit["fit_s"], rel=0.05)  # fit_s is rounded
+        assert ratio["fit_vs_framework"] == pytest.approx(fit["images_per_s"] / ratio["framework"], abs=1e-3)
+    (fit_target,) = [t for t in results["targets"] if t["target"] == "cpu: a whole fit / bcd.train's steps"]
+    assert fit_target["bar"] == 0.9 and fit_target["value"] == pytest.approx(
+        sum(r["fit_vs_framework"] for r in cpu["rounds"]) / 2, abs=1e-3)
+    assert list((out / "fit-cpu-1" / "checkpoints").glob("best-epoch*.ckpt"))
     markdown = (out / "bench.md").read_text()
-    for heading in ("## Training", "## Loader", "## Inference", "## Targets"):
+    for heading in ("## Training", "Whole fits as users run them", "## Loader", "## Inference", "## Targets"):
         assert heading in markdown
+
+
+def test_bench_times_the_recipe_to_a_val_accuracy(synthetic_cache: Path, tmp_path: Path) -> None:
+    """bench.sections=[time_to_accuracy]: the recipe's whole training, and when val accuracy first reached the target
+    (a target of 0 is reached at the first validation; one above 1 never)."""
+    from bcd.bench.__main__ import bench
+    from tests.helpers.configs import compose_config
+
+    def run(name: str, target: float) -> dict:
+        cfg = compose_config("bench", [*tiny_overrides(synthetic_cache), "trainer.max_epochs=2",
+                                       "bench.sections=[time_to_accuracy]", f"bench.target_val_acc={target}",
+                                       f"paths.output_dir={tmp_path / name}"])
+        results = bench(cfg)
+        assert results["training"] == {} and "loader" not in results and results["inference"] == {}
+        assert "## Time to accuracy" in (tmp_path / name / "bench.md").read_text()
+        return results["time_to_accuracy"]["cpu"]
+
+    reached = run("reached", 0.0)
+    assert reached["reached"] and reached["train_images"] == 32 and reached["epochs"] == 2
+    assert 0 < reached["elapsed_s"] <= reached["fit_s"] and reached["validations"] == 2
+    never = run("never", 1.01)
+    assert not never["reached"] and "elapsed_s" not in never and never["best_val_acc"] <= 1.0
+    with pytest.raises(ConfigError, match="bench.sections"):
+        bench(compose_config("bench", [*tiny_overrides(synthetic_cache), "bench.sections=[everything]",
+                                       f"paths.output_dir={tmp_path / 'bad'}"]))
 
 
 def test_allocator_prefers_a_preloaded_library_else_glibc_tunables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,7 +105,8 @@ def test_allocator_prefers_a_preloaded_library_else_glibc_tunables(monkeypatch: 
     monkeypatch.setattr("bcd.utils.allocator.find_allocator", lambda name: None)
     name, env = allocator_environment("auto", {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
     assert name == "glibc-tuned"
-    assert env["GLIBC_TUNABLES"].startswith("glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=")
+    # the user's own tunables first, then ours: no allocation served by mmap (each would be faulted in again)
+    assert env["GLIBC_TUNABLES"].startswith("glibc.malloc.arena_max=2:glibc.malloc.mmap_max=0:")
     with pytest.raises(ValueError, match="libtcmalloc is not installed"):
         allocator_environment("tcmalloc", {})
     monkeypatch.setattr("bcd.utils.allocator.find_allocator", lambda name: f"lib{name}.so")
@@ -141,7 +178,9 @@ def test_default_worker_count_follows_the_usable_cores_and_the_gpus(monkeypatch:
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     monkeypatch.setattr(datamodule.torch.cuda, "is_available", lambda: False)
-    assert datamodule.default_num_workers() == 2  # training needs the cores; two workers keep ahead of it
+    # without a GPU the training process augments its own batches: workers forked from it would make it copy every
+    # page it touches afterwards
+    assert datamodule.default_num_workers() == 0
     monkeypatch.setattr(datamodule.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(datamodule.torch.cuda, "device_count", lambda: 1)
     assert datamodule.default_num_workers() == 15  # every core but the one that drives the GPU

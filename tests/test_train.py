@@ -50,7 +50,7 @@ def test_test_checkpoint_chooses_the_weights_that_are_tested(train_run) -> None:
     # the best checkpoint is forced to epoch 0, so best and last hold different weights
     first_is_best = ["trainer.max_epochs=2", "callbacks.model_checkpoint.monitor=epoch",
                      "callbacks.model_checkpoint.mode=min"]
-    best = train_run(*first_is_best)
+    best = train_run(*first_is_best, "test_checkpoint=best")
     last = train_run(*first_is_best, "test_checkpoint=last")
     assert (best.tested_checkpoint, last.tested_checkpoint) == ("best", "last")
     assert Path(best.checkpoints.best).name == "best-epoch000.ckpt"
@@ -88,9 +88,11 @@ def test_loss_must_fit_the_task(train_run) -> None:
 CRASH_AT_EPOCH_1 = ["+callbacks.crash._target_=tests.helpers.crash.CrashAtEpoch", "+callbacks.crash.epoch=1"]
 
 
-@pytest.mark.parametrize("averaging", [[], ["ema_epochs=1"]], ids=["raw", "ema"])
+@pytest.mark.parametrize("averaging", [[], ["ema_epochs=1"], ["val_every_images=16"]],
+                         ids=["raw", "ema", "validated-within-epochs"])
 def test_resume_reaches_the_same_end_state(train_run, tmp_path: Path, averaging: list[str]) -> None:
-    """A run killed after epoch 1 and resumed from its last.ckpt ends where an uninterrupted run ends."""
+    """A run killed after epoch 1 and resumed from its last.ckpt ends where an uninterrupted run ends (also when it
+    validates within epochs: last.ckpt is written at the epoch's end, not at its last validation)."""
     common = ["trainer.max_epochs=2", "callbacks.early_stopping=null", "dataset.num_workers=1", *averaging]
     full = train_run(*common)
     with pytest.raises(SimulatedCrash):
@@ -106,11 +108,41 @@ def test_resume_reaches_the_same_end_state(train_run, tmp_path: Path, averaging:
     last_resumed = torch.load(resumed.checkpoints.last, weights_only=True)["state_dict"]
     for key, value in last_full.items():
         torch.testing.assert_close(last_resumed[key], value, rtol=1e-5, atol=1e-6, msg=key)
-    if averaging:  # the raw weights resume too, not only the average
+    if "ema_epochs=1" in averaging:  # the raw weights resume too, not only the average
         raw_full = torch.load(full.checkpoints.last, weights_only=True)["current_model_state"]
         raw_resumed = torch.load(resumed.checkpoints.last, weights_only=True)["current_model_state"]
         for key, value in raw_full.items():
             torch.testing.assert_close(raw_resumed[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_validation_every_n_images_is_recorded_and_chooses_the_best_checkpoint(train_run) -> None:
+    """val_every_images=16 on 32 training images an epoch (4 batches of 8): two validations an epoch, each in the
+    history with the images seen; the best checkpoint is the validation with the lowest val loss; last.ckpt is the
+    end of training."""
+    summary = train_run("trainer.max_epochs=2", "val_every_images=16", "callbacks.model_checkpoint.monitor=val/loss",
+                        "callbacks.model_checkpoint.mode=min")
+    assert [h["train_images"] for h in summary.history] == [16, 32, 48, 64]
+    assert [h["epoch"] for h in summary.history] == [0, 0, 1, 1]
+    lowest = min(summary.history, key=lambda h: h["val/loss"])
+    assert torch.load(summary.checkpoints.best, weights_only=True)["global_step"] == lowest["train_images"] // 8
+    assert torch.load(summary.checkpoints.last, weights_only=True)["global_step"] == summary.global_step == 8
+    with pytest.raises(ConfigError, match="val_every_images"):
+        train_run("val_every_images=0")
+
+
+def test_validation_interval_cuts_epochs_into_parts_of_whole_steps() -> None:
+    from bcd.models.fitting import validation_interval
+
+    # the full Taleqani release's 2,490 training images in 77 batches of 32: every 1,000 images is 2 parts of 38
+    assert validation_interval(1000, 77, 1, 32) == 38
+    assert validation_interval(800, 77, 1, 32) == 25  # 3 parts
+    assert validation_interval(1000, 18, 1, 32) is None  # the sample's 580 images: once an epoch
+    # micro-batches of 8 accumulated x4: the same 2 parts of 38 optimizer steps, counted in micro-batches
+    assert validation_interval(1000, 77 * 4, 4, 8) == 38 * 4
+    assert validation_interval(1000, 78, 2, 32) == 19 * 2  # 39 steps of 2 x 32 images: 2 parts of 19 whole steps
+    # two ranks of 16-image batches: 40 batches a rank are 1,280 images -> 1 part
+    assert validation_interval(1000, 40, 1, 32) is None
+    assert validation_interval(10, 3, 1, 32) == 1  # never more parts than steps
 
 
 def test_wandb_run_is_finished_when_training_crashes(train_run) -> None:

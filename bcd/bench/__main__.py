@@ -1,8 +1,9 @@
 """Measure speed side by side in one process: `python -m bcd.bench [model=b0] [dataset.batch_size=32] ...`.
 
 The story: describe the machine; time a plain timm loop, then `bench.rounds` times the real bcd.train step,
-the plain loop again (before and after, so load from other processes hits both alike) and a plain loop the
-way users run one; time the input pipeline; time inference runtimes; check issue 6's targets; write bench.json and bench.md.
+the plain loop again (before and after, so load from other processes hits both alike), a plain loop the
+way users run one and a whole short fit as users run it; time the input pipeline; time inference runtimes; when asked,
+time the recipe's whole training to a val accuracy; check the targets; write bench.json and bench.md.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
+from bcd.bench.fit import time_to_accuracy
 from bcd.bench.inference import inference_section
 from bcd.bench.loading import loader_section
 from bcd.bench.machine import describe_machine
@@ -42,11 +44,25 @@ def bench_devices(cfg: DictConfig) -> dict[str, str]:
     return {device: available[device] for device in wanted}
 
 
+SECTIONS = ("training", "loader", "inference", "time_to_accuracy")
+
+
+def check_bench(bench: DictConfig) -> None:
+    """bench.rounds, bench.sections and bench.fit_epochs, before any data is read."""
+    for key, low in (("rounds", 1), ("fit_epochs", 0)):
+        value = bench[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"bench.{key}: {value!r} is not a whole number >= {low}")
+    unknown = [name for name in bench.sections if name not in SECTIONS]
+    if unknown or not bench.sections:
+        raise ConfigError(f"bench.sections: {list(bench.sections)} must name one or more of {list(SECTIONS)}")
+
+
 def bench(cfg: DictConfig) -> dict[str, Any]:
-    """Run every section, write bench.json and bench.md to cfg.paths.output_dir and return the results."""
+    """Run the chosen sections, write bench.json and bench.md to cfg.paths.output_dir and return the results."""
     check_config(cfg)
-    if isinstance(cfg.bench.rounds, bool) or not isinstance(cfg.bench.rounds, int) or cfg.bench.rounds < 1:
-        raise ConfigError(f"bench.rounds: {cfg.bench.rounds!r} is not a whole number of rounds >= 1")
+    check_bench(cfg.bench)
+    sections = list(cfg.bench.sections)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     with open_dict(cfg):
@@ -68,19 +84,26 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
                      "cache_images": cfg.dataset.cache_images, "precision": devices,
                      "channels_last": cfg.model.channels_last, "timing": to_plain(cfg.bench.timing),
                      "rounds": cfg.bench.rounds},
-        "training": {}, "inference": {},
+        "sections": sections, "training": {}, "inference": {}, "time_to_accuracy": {},
     }
-    for device, precision in devices.items():
-        log.info("training on %s: raw timm loop, then %d x (bcd.train, raw timm loop%s)", device, cfg.bench.rounds,
-                 ", the plain loop as users run it" if device == "cpu" and cfg.bench.naive else "")
-        results["training"][device] = training_section(cfg, n_classes, device, precision, out,
-                                                       naive=device == "cpu" and cfg.bench.naive)
-    log.info("input pipeline")
-    results["loader"] = loader_section(cfg, datamodule)
-    for device, precision in devices.items():
+    for device, precision in devices.items() if "training" in sections else ():
+        naive = device == "cpu" and cfg.bench.naive
+        log.info("training on %s: raw timm loop, then %d x (bcd.train's steps, raw timm loop%s%s)", device,
+                 cfg.bench.rounds, ", the plain loop as users run it" if naive else "",
+                 f", a whole {cfg.bench.fit_epochs}-epoch fit" if cfg.bench.fit_epochs else "")
+        results["training"][device] = training_section(cfg, n_classes, device, precision, out, naive=naive,
+                                                       fit_epochs=cfg.bench.fit_epochs)
+    if "loader" in sections:
+        log.info("input pipeline")
+        results["loader"] = loader_section(cfg, datamodule)
+    for device, precision in devices.items() if "inference" in sections else ():
         log.info("inference on %s", device)
         results["inference"][device] = inference_section(cfg, datamodule.class_names, device, precision,
                                                          out / f"inference-{device}")
+    for device, precision in devices.items() if "time_to_accuracy" in sections else ():
+        log.info("time to val accuracy %s on %s: the recipe's whole training", cfg.bench.target_val_acc, device)
+        results["time_to_accuracy"][device] = time_to_accuracy(cfg, out / f"time-to-accuracy-{device}", device,
+                                                               precision, cfg.bench.target_val_acc)
     results["machine"]["load_average_1min_at_end"] = describe_machine()["load_average_1min"]
     results["targets"] = targets(results)
     (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""bench.md: the machine, the four sections as tables, and the issue's targets checked against them."""
+"""bench.md: the machine, the sections that ran as tables, and the targets checked against them."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 TRAIN_RATIO, USER_LOOP_RATIO, WORKER_RATIO, CACHE_RATIO, ONNX_RATIO = 0.97, 2.0, 0.9, 1.3, 1.5
+# a whole fit (validations, checkpoints, logging) against the steps alone (issue 24)
+FIT_RATIO = 0.9
 
 
 def _rate(record: dict[str, Any] | None) -> float | None:
@@ -35,26 +37,62 @@ def _median_ratio(section: dict[str, Any], key: str) -> float | None:
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each of issue 6's targets: the measured value, the bar and whether it is met (None: not measured)."""
+    """Each target of the sections that ran: the measured value, the bar and whether it is met (None: not measured)."""
     rows = []
     for device, section in results["training"].items():
         rows.append({"target": f"{device}: bcd.train / raw timm loop", "bar": TRAIN_RATIO,
                      "value": _median_ratio(section, "framework_vs_raw")})
-    rows.append({"target": "cpu: bcd.train / plain loop as users run it", "bar": USER_LOOP_RATIO,
-                 "value": _median_ratio(results["training"].get("cpu", {}), "framework_vs_naive")})
-    loading = results["loader"]
-    rows.append({"target": "loader, 1 worker / bare decode + augment", "bar": WORKER_RATIO,
-                 "value": _ratio(_rate(loading["loader"].get("1")), _rate(loading["bare_decode_augment"]))})
-    rows.append({"target": "loader, 1 worker: cached / uncached", "bar": CACHE_RATIO,
-                 "value": _ratio(_rate(loading["loader_cached"].get("1")), _rate(loading["loader"].get("1")))})
+        if "fits" in section:
+            rows.append({"target": f"{device}: a whole fit / bcd.train's steps", "bar": FIT_RATIO,
+                         "value": _median_ratio(section, "fit_vs_framework")})
+    if "cpu" in results["training"]:
+        rows.append({"target": "cpu: bcd.train / plain loop as users run it", "bar": USER_LOOP_RATIO,
+                     "value": _median_ratio(results["training"]["cpu"], "framework_vs_naive")})
+    loading = results.get("loader")
+    if loading:
+        rows.append({"target": "loader, 1 worker / bare decode + augment", "bar": WORKER_RATIO,
+                     "value": _ratio(_rate(loading["loader"].get("1")), _rate(loading["bare_decode_augment"]))})
+        rows.append({"target": "loader, 1 worker: cached / uncached", "bar": CACHE_RATIO,
+                     "value": _ratio(_rate(loading["loader_cached"].get("1")), _rate(loading["loader"].get("1")))})
     runtimes = results["inference"].get("cpu", {}).get("runtimes", {})
-    batch = str(max(int(b) for b in runtimes.get("torch eager", {}).get("batches", {"32": 0})))
-    onnx, eager = (runtimes.get(k, {}).get("batches", {}).get(batch) for k in ("onnxruntime", "torch channels_last"))
-    rows.append({"target": f"cpu: onnxruntime / torch (channels_last, as bcd.predict runs it), batch {batch}",
-                 "bar": ONNX_RATIO, "value": _ratio(_rate(onnx), _rate(eager))})
+    if runtimes:
+        batch = str(max(int(b) for b in runtimes.get("torch eager", {}).get("batches", {"32": 0})))
+        onnx, eager = (runtimes.get(k, {}).get("batches", {}).get(batch) for k in ("onnxruntime", "torch channels_last"))
+        rows.append({"target": f"cpu: onnxruntime / torch (channels_last, as bcd.predict runs it), batch {batch}",
+                     "bar": ONNX_RATIO, "value": _ratio(_rate(onnx), _rate(eager))})
     for row in rows:
         row["met"] = None if row["value"] is None else row["value"] >= row["bar"]
     return rows
+
+
+def _fit_lines(results: dict[str, Any]) -> list[str]:
+    """The whole fits of the training rounds, beside the steps of their round."""
+    lines = ["", "Whole fits as users run them (`bcd.train`: the recipe's loggers, validations and checkpoints, no test), "
+             "each beside the steps of its round; images/s over the fit loop, the set-up before it (model, loggers, "
+             "memory plan, loaders) timed apart:", "", "| device | round | epochs | images | validations | set-up s | "
+             "fit s | fit images/s | bcd.train steps images/s | fit / steps |", "| --- | --- | --- | --- | --- | --- | "
+             "--- | --- | --- | --- |"]
+    for device, section in results["training"].items():
+        for k, (fit, ratio) in enumerate(zip(section.get("fits", []), section["rounds"], strict=False), start=1):
+            lines.append(f"| {device} | {k} | {fit['epochs']} | {fit['images']} | {fit['validations']} | "
+                         f"{fit['setup_s']:g} | {fit['fit_s']:g} | {fit['images_per_s']:g} | {ratio['framework']:g} | "
+                         f"{ratio['fit_vs_framework']:g} |")
+    return lines
+
+
+def _time_to_accuracy_lines(results: dict[str, Any]) -> list[str]:
+    """The recipe's whole training and when it first reached the target val accuracy."""
+    lines = ["", "## Time to accuracy", "", "The recipe's whole training (no test); the first validation whose accuracy "
+             "reached the target, with the fit loop's wall time, the training images seen and the images/s until then:",
+             "", "| device | target val acc | reached | fit s until | images until | images/s until | epochs | "
+             "best val acc | whole fit s | whole fit images/s | set-up s | run dir |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for device, r in results["time_to_accuracy"].items():
+        lines.append(f"| {device} | {r['target']:g} | {'yes' if r['reached'] else '**no**'} | "
+                     f"{_fmt(r.get('elapsed_s'))} | {_fmt(r.get('train_images'))} | {_fmt(r.get('images_per_s_until'))} | "
+                     f"{r['epochs']} | {_fmt(r['best_val_acc'])} | {r['fit_s']:g} | {r['images_per_s']:g} | "
+                     f"{r['setup_s']:g} | {r['run_dir']} |")
+    return lines
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -72,8 +110,26 @@ def markdown(results: dict[str, Any]) -> str:
               f"steps after {timing['warmup']} warm-up steps (pooled over the {settings.get('rounds', 1)} training "
               "round(s)); memory is the peak resident memory above the "
               "process's memory before the section (MiB). Other processes on the same cores slow everything: "
-              "read the ratios, measured side by side in one process.", "", "## Training", "",
-              "| device | run | images/s | repeats | peak MiB above start (absolute) |", "| --- | --- | --- | --- | --- |"]
+              "read the ratios, measured side by side in one process."]
+    if results["training"]:
+        lines += _training_lines(results)
+    if results.get("loader"):
+        lines += _loader_lines(results["loader"])
+    if results["inference"]:
+        lines += _inference_lines(results)
+    if results.get("time_to_accuracy"):
+        lines += _time_to_accuracy_lines(results)
+    lines += ["", "## Targets", "", "| target | measured | bar | met |", "| --- | --- | --- | --- |"]
+    for row in results["targets"]:
+        met = {True: "yes", False: "**no**", None: "not measured"}[row["met"]]
+        lines.append(f"| {row['target']} | {_fmt(row['value'])} | ≥ {row['bar']} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def _training_lines(results: dict[str, Any]) -> list[str]:
+    """The training section: the rates, the rounds' ratios and the whole fits."""
+    lines = ["", "## Training", "",
+             "| device | run | images/s | repeats | peak MiB above start (absolute) |", "| --- | --- | --- | --- | --- |"]
     names = {"raw": "raw timm loop (in-memory tensors)", "framework": "bcd.train (Lightning + datamodule from disk)",
              "naive": "plain loop as users run it (system malloc, no channels_last, own process)"}
     for device, section in results["training"].items():
@@ -94,8 +150,14 @@ def markdown(results: dict[str, Any]) -> str:
         if steps:
             lines += ["", f"{device}: one optimizer step of the raw loop takes "
                       + ", ".join(f"{ms:g} ms {name}" for name, ms in steps.items()) + "."]
-    loading = results["loader"]
-    lines += ["", f"## Loader ({loading['images']} training images at {loading['img_size']} px)", "",
+    if any("fits" in section for section in results["training"].values()):
+        lines += _fit_lines(results)
+    return lines
+
+
+def _loader_lines(loading: dict[str, Any]) -> list[str]:
+    """The loader section."""
+    lines = ["", f"## Loader ({loading['images']} training images at {loading['img_size']} px)", "",
               "| what | images/s | MiB: main process peak above start (absolute); memory each worker owns |", "| --- | --- | --- |"]
     for name, record in loading["decoders"].items():
         lines.append(f"| decode only: {name} | {_fmt(_rate(record))} | |")
@@ -110,7 +172,12 @@ def markdown(results: dict[str, Any]) -> str:
     cache = loading["cache"]
     lines += ["", f"The cache of these images takes {cache['mb']} MiB (built in {cache['build_s']} s); the full "
               f"Taleqani release (3,256 images) would take {cache['mb_full_taleqani']} MiB at this size."]
-    lines += ["", "## Inference", "", "| device | runtime | batch | images/s | vs torch eager | max abs diff of "
+    return lines
+
+
+def _inference_lines(results: dict[str, Any]) -> list[str]:
+    """The inference section."""
+    lines = ["", "## Inference", "", "| device | runtime | batch | images/s | vs torch eager | max abs diff of "
               "probabilities vs eager | peak MiB above start (absolute) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for device, section in results["inference"].items():
         eager = section["runtimes"].get("torch eager", {}).get("batches", {})
@@ -122,11 +189,7 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(f"| {device} | {name} | {batch} | {_fmt(_rate(timed))} | "
                              f"{_fmt(_ratio(_rate(timed), _rate(eager.get(batch))))} | "
                              f"{timed['max_abs_diff_probs_vs_eager']:.2g} | {_peak(record)} |")
-    lines += ["", "## Targets (issue 6)", "", "| target | measured | bar | met |", "| --- | --- | --- | --- |"]
-    for row in results["targets"]:
-        met = {True: "yes", False: "**no**", None: "not measured"}[row["met"]]
-        lines.append(f"| {row['target']} | {_fmt(row['value'])} | ≥ {row['bar']} | {met} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def write_markdown(results: dict[str, Any], path: Path) -> None:

@@ -17,6 +17,7 @@ import timm
 import torch
 from omegaconf import DictConfig, open_dict
 
+from bcd.bench.fit import whole_fit
 from bcd.bench.measure import median_rate, peak_memory, rate_summary, synchronize
 from bcd.config.checks import to_plain
 from bcd.models.fitting import AUTOCAST_DTYPES
@@ -173,14 +174,15 @@ def _pooled(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def training_section(cfg: DictConfig, n_classes: int, device: str, precision: str, out_dir: Path,
-                     naive: bool) -> dict[str, Any]:
-    """The raw loop, then `bench.rounds` x (bcd.train, the raw loop again[, the user loop]).
+                     naive: bool, fit_epochs: int | None) -> dict[str, Any]:
+    """The raw loop, then `bench.rounds` x (bcd.train's steps, the raw loop again[, the user loop][, a whole fit]).
 
     Each bcd.train run is compared with the raw loops just before and after it, so a machine that slows
-    down for a minute hits both sides of one ratio; the targets take the median ratio over the rounds.
+    down for a minute hits both sides of one ratio; the targets take the median ratio over the rounds. A whole fit
+    (`fit_epochs` epochs as users run it: loggers, validations, checkpoints) is compared with the steps of its round.
     """
     rounds = cfg.bench.rounds
-    raws, frameworks, naives, ratios = [raw_training(cfg, n_classes, device, precision)], [], [], []
+    raws, frameworks, naives, fits, ratios = [raw_training(cfg, n_classes, device, precision)], [], [], [], []
     for k in range(rounds):
         suffix = f"-{k + 1}" if rounds > 1 else ""
         frameworks.append(framework_training(cfg, out_dir / f"framework-{device}{suffix}", device, precision))
@@ -192,9 +194,14 @@ def training_section(cfg: DictConfig, n_classes: int, device: str, precision: st
             if "error" not in naives[-1]:
                 user = naives[-1]["images_per_s"]
                 ratio.update(naive=user, framework_vs_naive=round(framework / user, 3))
+        if fit_epochs:
+            fits.append(whole_fit(cfg, out_dir / f"fit-{device}{suffix}", device, precision, fit_epochs))
+            ratio.update(fit=fits[-1]["images_per_s"], fit_vs_framework=round(fits[-1]["images_per_s"] / framework, 3))
         ratios.append(ratio)
     section = {"raw": _pooled(raws), "framework": _pooled(frameworks), "rounds": ratios}
     if naives:
         succeeded = [record for record in naives if "error" not in record]
         section["naive"] = _pooled(succeeded) if succeeded else naives[0]
+    if fits:
+        section["fits"] = fits
     return section

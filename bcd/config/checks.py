@@ -51,6 +51,11 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"test_checkpoint: {cfg.test_checkpoint!r} is not one of ['best', 'last']")
     if not isinstance(cfg.get("tta", False), bool):
         raise ConfigError(f"tta: {cfg.tta!r} is not true or false")
+    val_every_images = cfg.get("val_every_images")
+    if val_every_images is not None:
+        from bcd.models.fitting import ValidationEveryImages
+
+        ValidationEveryImages(val_every_images)  # refuses anything but a positive whole number
     ema_epochs = cfg.get("ema_epochs")
     if ema_epochs is not None and (isinstance(ema_epochs, bool) or not isinstance(ema_epochs, (int, float))
                                    or ema_epochs <= 0):

@@ -44,13 +44,17 @@ def default_num_workers() -> int:
     """Loader workers per device when dataset.num_workers is null, from the cores this process may use.
 
     On a GPU machine the loader has to keep up with the GPU (an H200 trains B0 at thousands of images/s, one
-    worker augments a few hundred): every usable core but one per device, at most 16. Without a GPU the
-    workers take cores from training itself, and two keep far ahead of it.
+    worker augments a few hundred): every usable core but one per device, at most 16. Without a GPU none: the
+    training process reads and augments its batches itself. Measured on the 2-core dev CPU (Lite0 at 224 px,
+    3-epoch fits of the real sample; experiments/README.md, "A fit as fast as its steps"): augmenting in the
+    process costs a few percent of a step, while workers forked from a process that already holds gigabytes of
+    activations make it copy every page it touches next (copy-on-write), 7-10 s of page faults at the first
+    validation and again at the test; the fit loop ran at 35.5 images/s without workers and 26-30 with two.
     """
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if torch.cuda.is_available():
         return max(1, min(16, usable // torch.cuda.device_count() - 1))
-    return min(2, usable)
+    return 0
 
 
 class SmearDataModule(L.LightningDataModule):
@@ -290,9 +294,18 @@ class SmearDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             # worker seeds come from here, not from the global RNG, so starting workers cannot shift dropout masks
             generator=torch.Generator().manual_seed(self.seed),
-            # a last batch of one image breaks BatchNorm in training
-            drop_last=train and len(sampler) > self.batch_size,
+            drop_last=self._drop_last(len(sampler), train),
         )
+
+    def _drop_last(self, items: int, train: bool) -> bool:
+        """Whether a loader over `items` images drops its last, incomplete batch: in training, when there is a
+        complete one (a last batch of one image breaks BatchNorm)."""
+        return train and items > self.batch_size
+
+    def train_batches_per_epoch(self, world_size: int = 1) -> int:
+        """The batches each rank's training loader yields in an epoch (what Lightning's val_check_interval counts)."""
+        items = len(EpochSampler(len(self.split_samples("train")), self.seed, shuffle=True, world_size=world_size))
+        return items // self.batch_size if self._drop_last(items, train=True) else -(-items // self.batch_size)
 
     def loader(self, split: str) -> DataLoader:
         """An evaluation loader over any split (no shuffling; augmentation only if this module has it)."""

@@ -51,12 +51,12 @@ class DatasetConfig:
     # an unreadable file (corrupt, truncated, not an image, a broken link): fail (list them and stop) or skip
     # (list them and go on)
     on_bad_file: str = "fail"
-    # keep decoded images in RAM (shared by loader workers): for datasets that fit
+    # keep decoded images in RAM (shared with loader workers, if any): for datasets that fit
     cache_images: bool = False
     # per device (Lightning's meaning); the global batch is batch_size x devices
     batch_size: int = 32
     # loader worker processes per device; null: with a GPU every usable core but one per device (at most 16),
-    # without one 2 (bcd.data.datamodule.default_num_workers)
+    # without one none: the training process augments its own batches (bcd.data.datamodule.default_num_workers)
     num_workers: Optional[int] = None  # noqa: UP045
     # draw training batches with class-balanced probabilities instead of shuffling
     weighted_sampler: bool = False

@@ -20,6 +20,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from bcd.models.classifier import Classifier
 from bcd.models.memory import GIB, MicroBatchPlan, given_micro_batch
+from bcd.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,48 @@ def trainer_arguments(trainer: Mapping[str, Any], plan: MicroBatchPlan) -> dict[
         if isinstance(limit, int) and not isinstance(limit, bool):
             arguments[key] = limit * plan.accumulate
     return arguments
+
+
+def validation_interval(val_every_images: int, batches_per_epoch: int, accumulate: int,
+                        images_per_batch: int) -> int | None:
+    """Loader batches between validations that cut an epoch into round(epoch images / val_every_images) equal parts
+    of whole optimizer steps; None for one part (validate at the end of the epoch, Lightning's default)."""
+    steps = batches_per_epoch // accumulate
+    parts = min(steps, round(batches_per_epoch * images_per_batch / val_every_images))
+    if parts <= 1:
+        return None
+    return steps // parts * accumulate
+
+
+class ValidationEveryImages(L.Callback):
+    """val_every_images=N: validate (and let the best checkpoint and early stopping see it) about every N training
+    images, counted over all ranks, instead of once an epoch.
+
+    It sets Lightning's own val_check_interval once the trainer knows its ranks, accumulation and batch limits (the
+    `setup` hook runs on every rank before the fit loop reads it). Lightning validates after every that many batches
+    of an epoch, so an epoch's last validation comes at most a part's rounding before its end; last.ckpt is still
+    written at the end of every epoch (callbacks.last_checkpoint), so a resumed run starts from an epoch boundary.
+    """
+
+    def __init__(self, val_every_images: int) -> None:
+        if isinstance(val_every_images, bool) or not isinstance(val_every_images, int) or val_every_images < 1:
+            raise ConfigError(f"val_every_images: {val_every_images!r} is not a positive number of training images "
+                              "(or null to validate once an epoch)")
+        self.val_every_images = val_every_images
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Turn the number of images into Lightning's val_check_interval (batches of this rank's loader)."""
+        if stage != "fit":
+            return
+        datamodule = trainer.datamodule
+        batches = datamodule.train_batches_per_epoch(trainer.world_size)
+        limit = trainer.limit_train_batches
+        batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+        interval = validation_interval(self.val_every_images, batches, trainer.accumulate_grad_batches,
+                                       datamodule.batch_size * trainer.world_size)
+        if interval is not None:
+            trainer.val_check_interval = interval
+            trainer.check_val_every_n_epoch = 1
 
 
 def fit(trainer: L.Trainer, model: Classifier, datamodule: L.LightningDataModule, ckpt_path: str | None,

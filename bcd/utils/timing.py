@@ -59,17 +59,20 @@ def images_trained(trainer: L.Trainer) -> int:
 
 class TrainingClock(L.Callback):
     """After every validation: the fit's wall time so far (validation included), the training images seen and the
-    validation metrics, for "how long until val accuracy first reached X" (summary.json's history)."""
+    validation metrics, for "how long until val accuracy first reached X" (summary.json's history); and when the fit
+    loop started (the set-up before it is timed apart from it)."""
 
     KEPT = ("val/acc", "val/macro_f1", "val/loss")
 
     def __init__(self) -> None:
         self.started = 0.0
+        self.started_at = 0.0  # time.time() at the start, to tell the set-up before it from the fit loop
         self.history: list[dict[str, float]] = []
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Start the clock."""
         self.started = time.perf_counter()
+        self.started_at = time.time()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Record this validation (not the sanity check)."""
