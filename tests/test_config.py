@@ -26,9 +26,32 @@ def test_model_options_name_weighted_timm_models(option: str) -> None:
 
 def test_defaults_run_out_of_the_box() -> None:
     cfg = compose_train([])
-    assert cfg.dataset.name == "synthetic" and cfg.model.name.startswith("efficientnet_b0")
+    assert cfg.dataset.name == "synthetic"
     assert cfg.logger.wandb.offline is True and "csv" in cfg.logger
     assert cfg.trainer.use_distributed_sampler is False
+
+
+def test_the_default_recipe_is_the_imagenet_transfer_recipe() -> None:
+    """`python -m bcd.train` with no experiment fine-tunes Lite0 from the ImageNet weights bcd installs, with the colour
+    remedies, validating by images, tested on the last checkpoint with tta; the from-scratch recipe stays a named
+    experiment, and experiment=transfer_fast is the same recipe on the Taleqani release."""
+    default = compose_train([])
+    assert default.model.name == "tf_efficientnet_lite0" and default.model.weights == "imagenet"
+    assert default.model.freeze_backbone_epochs == 0  # every layer trains from the start
+    assert default.loss.label_smoothing == 0.1 and default.optimizer.lr == 1e-3 and default.trainer.max_epochs == 8
+    assert default.augmentation.train.channel_gain and default.colour_norm.name == "gray_world"
+    assert default.val_every_images == 1000 and default.callbacks.early_stopping is None
+    assert default.test_checkpoint == "last" and default.tta is True
+    assert list(default.tags) == ["transfer"]
+    scratch = compose_train(["experiment=colour_robust"])
+    assert scratch.model.name.startswith("efficientnet_b0") and not scratch.model.pretrained
+    assert scratch.model.weights is None and scratch.trainer.max_epochs == 60 and scratch.val_every_images is None
+    named = compose_train(["experiment=transfer_fast"])
+    for key in ("model", "augmentation", "colour_norm", "loss", "optimizer", "scheduler", "trainer", "callbacks"):
+        assert named[key] == default[key], key
+    assert named.dataset.name == "taleqani_all" and named.dataset.cache_images is True
+    # another option of a group still applies on top of the recipe
+    assert compose_train(["model=b3"]).model.name.startswith("efficientnet_b3")
 
 
 def test_experiment_group_reads_experiments_folder() -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bcd.models.backbone import build_network
+from tests.helpers.commands import run_evaluate, run_predict
 from tests.helpers.configs import compose_train
 
 ONE_STEP = [
@@ -72,6 +73,13 @@ def test_cpu_recipes_train_one_step(experiment: str, epochs: int, synthetic_root
     assert cfg.test_checkpoint == "last" and cfg.tta is True
     summary = train(cfg)
     assert summary.global_step == 1 and summary.tta is True
+    if experiment == "colour_robust":  # the default recipe until the transfer one: its checkpoints still score
+        result, _ = run_evaluate(tmp_path, f"ckpt_path={summary.checkpoints.last}", "shift=none", "wandb=false",
+                                 "background_check=false")
+        assert result["tta"] is True and result["n_images"] == sum(summary.dataset.counts["test"].values())
+        predicted, rows, _ = run_predict(tmp_path, f"ckpt_path={summary.checkpoints.last}",
+                                         f"inputs={synthetic_root / 'Pro'}")
+        assert predicted["tta"] is True and len(rows) == len(list((synthetic_root / "Pro").iterdir()))
 
 
 def test_plain_train_uses_the_colour_robust_remedies() -> None:

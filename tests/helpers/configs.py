@@ -27,6 +27,9 @@ def tiny_overrides(cache_dir: Path) -> list[str]:
         # the whole batch at once: measuring the memory of micro_batch=auto (the default) costs ~20 s a model; the
         # tests of bcd.models.memory and the wheel's smoke run exercise auto
         "micro_batch=8",
+        # one view: the default recipe tests (and its checkpoints evaluate and predict) on 8 flips/rotations; the
+        # tests of tta set it themselves
+        "tta=false",
     ]
 
 
