@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,10 @@ from bcd.config.entry import entry_point
 from bcd.data.colour_range import colour_warnings
 from bcd.data.datamodule import SmearDataModule
 from bcd.data.decode import read_audited_rgb
-from bcd.data.sources import Sample, relative_name
+from bcd.data.sources import SPLITS, Sample, relative_name
 from bcd.evaluation import stats
 from bcd.evaluation.calibration import fit_ood_threshold, fit_temperature
-from bcd.evaluation.robustness import background_only, evaluate_shifts
+from bcd.evaluation.robustness import background_only, corner_occlusion, evaluate_shifts
 from bcd.inference.calibration import Calibration
 from bcd.inference.explain import GradcamSubset, gradcam_of, gradcam_rule, needs_a_look
 from bcd.inference.runners import make_runner, pick_device, score_loader
@@ -39,7 +40,7 @@ from bcd.reporting.report import summary_rows, write_model_card, write_report
 from bcd.reporting.review import GallerySizes, GalleryWriter, gallery_items, write_review_page
 from bcd.reporting.wandb_log import log_to_wandb
 from bcd.runs import TrainedRun, claim_run_dir, write_json
-from bcd.utils.progress import progress
+from bcd.utils.progress import exit_on_sigterm, progress
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,12 @@ log = logging.getLogger(__name__)
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate cfg.ckpt_path on cfg.split and write the report; returns what metrics.json holds."""
     out = Path(cfg.paths.output_dir)
+    with exit_on_sigterm("bcd.evaluate", out):
+        return _evaluate(cfg, out)
+
+
+def _evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """evaluate(), within its SIGTERM handling."""
     run = TrainedRun.from_checkpoint(cfg.ckpt_path)
     model = load_classifier(run.checkpoint)
     tta = resolve_tta(cfg.tta, model.hparams)
@@ -56,6 +63,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     options = {"task": model.hparams.task, "img_size": img_size, "seed": cfg.seed, "batch_size": batch_size,
                "num_workers": cfg.num_workers, "cache_images": False}
     if cfg.get("dataset"):  # composed by the user on the command line
+        if cfg.split == "all":  # every image scored: no split to compute (small external sets could not be split)
+            options.update(val_fraction=0.0, test_fraction=0.0)
         datamodule = instantiate(cfg.dataset, **options)
     else:  # the run's own data and split, rebuilt from its recorded config without running anything in it
         datamodule = run.datamodule(**options)
@@ -64,7 +73,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup()
 
     runner = make_runner(cfg.runtime, model, device, cfg.onnx_path)
-    splits = ["train", "val", "test"] if cfg.split == "all" else [cfg.split]
+    splits = [s for s in SPLITS if datamodule.split_samples(s)] if cfg.split == "all" else [cfg.split]
     scored = {s: score_loader(runner, datamodule.loader(s), tta, f"scoring the {s} split")
               for s in {*splits, "val"} if datamodule.split_samples(s)}
     if not all(s in scored for s in splits):
@@ -72,6 +81,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     logits = np.concatenate([scored[s][0] for s in splits], axis=1)
     targets = np.concatenate([scored[s][1] for s in splits])
     samples = [sample for s in splits for sample in datamodule.split_samples(s)]
+    if cfg.get("dataset") and cfg.split == "all":  # the user's own images, not split: say so in every row
+        samples = [replace(sample, split="all") for sample in samples]
     paths = [sample.path for sample in samples]
 
     probs = probabilities(logits).numpy()
@@ -83,12 +94,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         loader_options={"batch_size": batch_size, "num_workers": datamodule.num_workers},
         bootstrap_options=bootstrap_options, tta=tta,
     ) if cfg.shift.kinds else None
-    background = background_only(
-        runner, paths, targets, datamodule.img_size,
-        {"batch_size": batch_size, "num_workers": datamodule.num_workers}, bootstrap_options, tta,
-    ) if cfg.background_check else None
+    loader_options = {"batch_size": batch_size, "num_workers": datamodule.num_workers}
+    background = background_only(runner, paths, targets, datamodule.img_size, loader_options, bootstrap_options,
+                                 tta) if cfg.background_check else None
+    occlusion = corner_occlusion(runner, paths, targets, datamodule.img_size, loader_options, bootstrap_options,
+                                 tta) if cfg.occlusion_check else None
+    if occlusion and occlusion["flagged"]:
+        log.warning("occlusion check: accuracy drops by %.3f more with the corners occluded than with the same area "
+                    "occluded elsewhere: the model reads something in the corners (report.md)",
+                    occlusion["drop"]["value"])
     calibration = fit_calibration(scored.get("val"), cfg.ood_quantile, tta, run.checkpoint)
-    calibration_report = stats.calibration_report(logits, targets, calibration.temperature, cfg.calibration_bins)
+    calibration_report = {**stats.calibration_report(logits, targets, calibration.temperature, cfg.calibration_bins),
+                          "temperature_status": calibration.temperature_status}
     result = {
         "checkpoint": str(run.checkpoint),
         "run_dir": str(run.run_dir),
@@ -106,6 +123,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "calibration": {k: v for k, v in calibration_report.items() if k != "curves"},
         **({"robust_acc": result_shift.get("robust_acc"), "shift": result_shift} if result_shift else {}),
         **({"background_only": background} if background else {}),
+        **({"occlusion": occlusion} if occlusion else {}),
         "confusion_matrix": confusion_matrix(probs.argmax(1), targets, len(datamodule.class_names)).tolist(),
     }
     write_json(out / "metrics.json", result)
@@ -170,8 +188,10 @@ def fit_calibration(val: tuple[np.ndarray, np.ndarray] | None, ood_quantile: flo
     """The temperature and OOD threshold fitted on the val split's scores (none without a val split)."""
     if val is None:
         return Calibration(tta=tta, checkpoint=str(checkpoint))
-    return Calibration(temperature=fit_temperature(*val), ood_threshold=fit_ood_threshold(val[0], ood_quantile),
-                       ood_quantile=ood_quantile, tta=tta, checkpoint=str(checkpoint))
+    fitted = fit_temperature(*val)
+    return Calibration(temperature=fitted.temperature, temperature_status=fitted.status,
+                       ood_threshold=fit_ood_threshold(val[0], ood_quantile), ood_quantile=ood_quantile, tta=tta,
+                       checkpoint=str(checkpoint))
 
 
 @entry_point("evaluate")

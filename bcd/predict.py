@@ -37,13 +37,20 @@ from bcd.reporting.predictions import (
 from bcd.reporting.review import GallerySizes, GalleryWriter, gallery_items, write_review_page
 from bcd.reporting.wandb_log import log_to_wandb
 from bcd.runs import TrainedRun, claim_run_dir, write_json
-from bcd.utils.progress import progress
+from bcd.utils.progress import exit_on_sigterm, progress
 
 log = logging.getLogger(__name__)
+
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Predict every image of cfg.inputs with cfg.ckpt_path; returns what predict.json holds."""
     out = Path(cfg.paths.output_dir)
+    with exit_on_sigterm("bcd.predict", out):
+        return _predict(cfg, out)
+
+
+def _predict(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """predict(), within its SIGTERM handling."""
     run = TrainedRun.from_checkpoint(cfg.ckpt_path)
     model = load_classifier(run.checkpoint)
     inputs = Path(str(cfg.inputs)).expanduser()

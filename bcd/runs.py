@@ -17,7 +17,6 @@ from typing import Any, Dict, List, Optional  # noqa: UP035 - the schemas' annot
 
 import numpy as np
 import torch
-import yaml
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -32,6 +31,7 @@ from bcd.inference.calibration import Calibration
 from bcd.models.backbone import input_size
 from bcd.models.registry import StoredConfigError, checked
 from bcd.utils.errors import ConfigError
+from bcd.utils.stored import load_plain_yaml, load_stored_json, short_repr
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +219,12 @@ class RunSummary:
         """The best checkpoint, else the last ('' when the run saved none)."""
         return self.checkpoints.best or self.checkpoints.last
 
+    def final_metric(self, metric: str, key: str) -> float:
+        """The last validation's value of `metric` (what sweeps optimise); an error naming `key` when the run has none."""
+        if metric not in self.metrics.final:
+            raise ConfigError(f"{key}: {metric!r} is not a metric of the run; choose from {sorted(self.metrics.final)}")
+        return self.metrics.final[metric]
+
     def time_to(self, metric: str, at_least: float) -> dict[str, float] | None:
         """The first validation at which `metric` reached `at_least` (its epoch, elapsed_s, train_images), or None."""
         return next((entry for entry in self.history if entry.get(metric, float("-inf")) >= at_least), None)
@@ -236,8 +242,8 @@ class RunSummary:
     def read(cls, path: Path) -> RunSummary:
         """A summary.json, every field checked against this schema (plain data only)."""
         try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as error:
+            data = load_stored_json(path, "a summary.json")
+        except OSError as error:
             raise StoredConfigError(f"{path}: cannot read it as JSON ({error})") from error
         return checked(cls, data, str(path))
 
@@ -262,10 +268,8 @@ class TrainedRun:
         config_file, summary_file = run_dir / "config.yaml", run_dir / "summary.json"
         config = None
         if config_file.is_file():
-            try:  # plain YAML only: a python/object tag is refused, nothing is constructed from the file
-                config = yaml.safe_load(config_file.read_text())
-            except yaml.YAMLError as error:
-                raise StoredConfigError(f"{config_file}: not a plain YAML config ({error})".replace("\n", " ")) from None
+            # plain YAML only: a python/object tag is refused, nothing is constructed, no alias expands
+            config = load_plain_yaml(config_file, "a run's config.yaml")
             if not isinstance(config, dict):
                 raise StoredConfigError(f"{config_file}: expected a mapping of config groups")
         summary = RunSummary.read(summary_file) if summary_file.is_file() else None
@@ -330,7 +334,7 @@ class TrainedRun:
         where = f"{self.run_dir / 'config.yaml'}: dataset"
         spec = checked(DatasetConfig, self.config.get("dataset"), where)
         if spec._target_ != DATAMODULE:
-            raise StoredConfigError(f"{where}._target_: {spec._target_!r}; bcd rebuilds only {DATAMODULE} from a run dir")
+            raise StoredConfigError(f"{where}._target_: {short_repr(spec._target_)}; bcd rebuilds only {DATAMODULE} from a run dir")
         fields_ = {key: value for key, value in asdict(spec).items() if key != "_target_"}
         # the summary holds the resolved folder (for synthetic data: the generated one)
         fields_.update(layout="folder", root=self.summary.dataset.root, split_manifest=str(self.manifest),

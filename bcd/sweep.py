@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -28,7 +29,9 @@ from bcd.train import train
 from bcd.tuning.pruning import pruning_overrides
 from bcd.tuning.study import (
     FINISHED,
+    SigtermForwarding,
     StopAfterFailures,
+    SweepInterrupted,
     hydra_value,
     isolated,
     log_trial,
@@ -82,12 +85,13 @@ def run_sweep(cfg: DictConfig, train_overrides: Sequence[str]) -> optuna.Study:
         split = shared_split(sweep_dir, train_overrides)
         base = [*train_overrides, f"dataset.split_manifest={hydra_value(str(split))}"]
         stop = StopAfterFailures()
-        study.optimize(
-            lambda trial: run_trial(trial, sweep, space, sweep_dir, base),
-            timeout=sweep.timeout,
-            catch=(Exception,),
-            callbacks=[optuna.study.MaxTrialsCallback(wanted, states=FINISHED), log_trial, stop],
-        )
+        with SigtermForwarding() as forwarding:
+            study.optimize(
+                lambda trial: run_trial(trial, sweep, space, sweep_dir, base, forwarding),
+                timeout=sweep.timeout,
+                catch=(Exception,),
+                callbacks=[optuna.study.MaxTrialsCallback(wanted, states=FINISHED), log_trial, stop],
+            )
         if stop.tripped:
             raise RuntimeError(f"{stop.limit} trials in a row failed; see the errors above and {sweep_dir}")
     if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
@@ -117,8 +121,10 @@ def shared_split(sweep_dir: Path, train_overrides: Sequence[str]) -> Path:
     return path
 
 
-def run_trial(trial: optuna.Trial, sweep: DictConfig, space: dict, sweep_dir: Path, base: list[str]) -> float:
-    """One bcd run with the trial's params; returns its last-epoch sweep.metric and records its results."""
+def run_trial(trial: optuna.Trial, sweep: DictConfig, space: dict, sweep_dir: Path, base: list[str],
+              forwarding: SigtermForwarding) -> float:
+    """One bcd run with the trial's params; returns its last-epoch sweep.metric and records its results (a SIGTERM
+    stops it, records it as FAIL and ends the sweep: SweepInterrupted)."""
     started = time.time()
     run_dir = new_trial_dir(sweep_dir, trial.number)
     trial.set_user_attr("run_dir", str(run_dir))
@@ -131,9 +137,15 @@ def run_trial(trial: optuna.Trial, sweep: DictConfig, space: dict, sweep_dir: Pa
             overrides += [f"logger.wandb.group={hydra_value(sweep.study_name)}",
                           f"logger.wandb.name=trial-{trial.number}"]
             cfg = compose_train([*overrides, f"paths.output_dir={hydra_value(str(run_dir))}"])
-        summary = train_in_subprocess(overrides, run_dir) if isolated(cfg, sweep.isolate_trials) else train(cfg)
-        value = final_metric(summary, sweep.metric)
+        if isolated(cfg, sweep.isolate_trials):
+            summary = train_in_subprocess(overrides, run_dir, forwarding)
+        else:
+            summary = train_in_process(cfg, forwarding)
+        value = summary.final_metric(sweep.metric, "sweep.metric")
     except optuna.TrialPruned:
+        raise
+    except SweepInterrupted as error:
+        trial.set_user_attr("error", f"interrupted by {error}")
         raise
     except Exception as error:
         trial.set_user_attr("error", repr(error))
@@ -150,20 +162,30 @@ def run_trial(trial: optuna.Trial, sweep: DictConfig, space: dict, sweep_dir: Pa
     return value
 
 
-def final_metric(summary: RunSummary, metric: str) -> float:
-    """The last epoch's value of sweep.metric from a run summary."""
-    final = summary.metrics.final
-    if metric not in final:
-        raise ConfigError(f"sweep.metric: {metric!r} is not a metric of the run; choose from {sorted(final)}")
-    return final[metric]
+def train_in_process(cfg: DictConfig, forwarding: SigtermForwarding) -> RunSummary:
+    """bcd.train in this process (one device, no isolation asked); Lightning's SIGTERM handling stops it (exit 143)."""
+    forwarding.in_process_trial = True
+    try:
+        return train(cfg)
+    except SystemExit as stop:
+        if stop.code == 128 + signal.SIGTERM:
+            raise SweepInterrupted("SIGTERM: the trial stopped at its next step") from None
+        raise
+    finally:
+        forwarding.in_process_trial = False
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point."""
+    """Command-line entry point; SIGTERM ends the sweep with exit code 143 after stopping the running trial."""
     cfg, train_overrides = compose_overrides(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # log_trial replaces Optuna's per-trial line
-    run_sweep(cfg, train_overrides)
+    try:
+        run_sweep(cfg, train_overrides)
+    except SweepInterrupted as error:
+        log.error("interrupted (%s); the running trial is recorded as FAIL in study %s; rerun the same command to "
+                  "resume the study", error, cfg.sweep.study_name)
+        raise SystemExit(128 + signal.SIGTERM) from None
 
 
 if __name__ == "__main__":

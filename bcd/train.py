@@ -30,6 +30,7 @@ from bcd.models.fitting import (
     trainer_arguments,
 )
 from bcd.models.memory import GIB, MicroBatchPlan, peak_memory, plan_micro_batches
+from bcd.models.metrics import SELECTION_METRIC
 from bcd.models.registry import checked
 from bcd.runs import (
     Checkpoints,
@@ -172,10 +173,11 @@ def run_summary(
 
 @entry_point("train", fast_allocator=True)
 def main(cfg: DictConfig) -> float | None:
-    """`python -m bcd.train` and `bcd-train`; returns test macro-F1 so Hydra sweepers can optimise it."""
+    """`python -m bcd.train` and `bcd-train`; returns the last validation's macro-F1 (None without a val split), so a
+    Hydra sweeper optimises what bcd.sweep does, never a test number."""
     log_allocator()
     summary = train(cfg)
-    return summary.metrics.test.get("test/macro_f1") if summary else None
+    return summary.final_metric(SELECTION_METRIC, "val split") if summary and summary.history else None
 
 
 if __name__ == "__main__":

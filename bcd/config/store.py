@@ -10,10 +10,11 @@ from omegaconf import OmegaConf
 from bcd.data.decode import MAX_PIXELS
 from bcd.data.spec import DatasetConfig
 from bcd.models import specs
+from bcd.models.metrics import SELECTION_METRIC
 from bcd.models.registry import REGISTRY
 
 # values of the code that YAML files refer to as ${bcd.const:<name>} instead of repeating them
-CONSTANTS = {"max_pixels": MAX_PIXELS}
+CONSTANTS = {"max_pixels": MAX_PIXELS, "selection_metric": SELECTION_METRIC}
 
 
 def register_configs() -> None:

@@ -6,17 +6,13 @@ the background colour. On the real sample this leaves the glass's tint and the l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from bcd.data.colour_features import slide_background
-from bcd.data.dataset import resize_square
-from bcd.data.decode import read_audited_rgb
+from bcd.data.dataset import AlteredImages
 
 CELL_DISTANCE = 30.0
 DILATION = 0.02
@@ -32,19 +28,9 @@ def cells_removed(image: np.ndarray) -> np.ndarray:
     return np.where(cells[..., None], np.round(background).astype(np.uint8), image)
 
 
-class BackgroundOnlyImages(Dataset):
+class BackgroundOnlyImages(AlteredImages):
     """Audited images, their cells removed at their recorded resolution, then resized like training images."""
 
-    def __init__(self, paths: Sequence[Path], targets: Sequence[int], img_size: int, max_pixels: int | None = None) -> None:
-        self.paths = list(paths)
-        self.targets = list(targets)
-        self.img_size = img_size
-        self.max_pixels = max_pixels
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = resize_square(cells_removed(read_audited_rgb(self.paths[index], max_pixels=self.max_pixels)),
-                              self.img_size)
-        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), self.targets[index]
+    def alter(self, image: np.ndarray, path: Path) -> np.ndarray:
+        """The image without its cells."""
+        return cells_removed(image)

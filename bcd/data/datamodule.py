@@ -19,7 +19,15 @@ from bcd.data.dataset import SmearDataset, build_cache
 from bcd.data.integrity import audit_files, format_bad_files
 from bcd.data.proxy_groups import describe_proxy_groups, proxy_group_ids
 from bcd.data.samplers import EpochSampler
-from bcd.data.sources import SPLITS, DatasetError, Sample, check_root, load_samples, read_manifest
+from bcd.data.sources import (
+    SPLITS,
+    DatasetError,
+    Sample,
+    check_root,
+    check_typo_classes,
+    load_samples,
+    read_manifest,
+)
 from bcd.data.spec import DatasetConfig
 from bcd.data.splits import (
     assign_splits,
@@ -180,6 +188,8 @@ class SmearDataModule(L.LightningDataModule):
         self.samples = assign_splits(
             samples, self.val_fraction, self.test_fraction, self.seed, groups=self.group_ids
         )
+        if self.classes is None:  # every label became a class: a mistyped one would be a class of its own
+            check_typo_classes(self.samples, self.source_classes, f"dataset {self.name}")
         self.problems = split_problems(self.samples)
         check_split_problems(self.problems, fail_on, root)
         self.class_weights = class_weights(self.targets("train"), len(self.class_names))

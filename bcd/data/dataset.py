@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bcd.data.decode import read_audited_rgb
+from bcd.data.decode import MAX_PIXELS, read_audited_rgb
 
 # One OpenCV thread: images are processed in parallel by loader workers (torch already gives each worker
 # one intra-op thread). Setting this inside a forked worker instead can deadlock on the parent's pool.
@@ -82,3 +82,31 @@ class SmearDataset(Dataset):
             image = self.augment(image=image)["image"]
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         return tensor, self.targets[index]
+
+
+class AlteredImages(Dataset):
+    """Audited images altered at their recorded resolution (as a camera, a lab or a mask would alter them), then
+    resized like training images: the one path of bcd.evaluate's checks (colour shifts, background only, occlusion).
+    A subclass says how in `alter`."""
+
+    def __init__(self, paths: Sequence[Path], targets: Sequence[int], img_size: int,
+                 max_pixels: int | None = MAX_PIXELS) -> None:
+        self.paths = list(paths)
+        self.targets = list(targets)
+        self.img_size = img_size
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def alter(self, image: np.ndarray, path: Path) -> np.ndarray:
+        """The altered H x W x 3 uint8 image (here: unchanged)."""
+        return image
+
+    def image(self, index: int) -> np.ndarray:
+        """The altered, resized image as H x W x 3 uint8."""
+        path = self.paths[index]
+        return resize_square(self.alter(read_audited_rgb(path, max_pixels=self.max_pixels), path), self.img_size)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(np.ascontiguousarray(self.image(index).transpose(2, 0, 1))), self.targets[index]

@@ -22,6 +22,9 @@ LAYOUTS = ("folder", "presplit", "manifest", "synthetic")
 # A genuinely rare class with a close name is kept by listing it in dataset.classes, which skips this guess.
 TYPO_SHARE = 0.1
 TYPO_SIMILARITY = 0.8
+# A label one edit away from another (a letter added, dropped or changed: 'Benignn', 'Benin') is also taken for a typo
+# when it has fewer rows than this, or when the split leaves it no val or test image, however many rows it has.
+TYPO_HANDFUL = 5
 
 
 class DatasetError(ValueError):
@@ -188,17 +191,47 @@ def _check_case_variants(lines: dict[str, list[int]], where: str) -> None:
         )
 
 
+def one_edit_apart(a: str, b: str) -> bool:
+    """Whether two different labels differ by one letter added, dropped or changed (Levenshtein distance 1)."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    start = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), len(a))
+    return a[start + (len(a) == len(b)):] == b[start + 1:]
+
+
 def _typo(label: str, lines: dict[str, list[int]]) -> str:
-    """A line describing `label` as a likely typo of a far more common label (see TYPO_SHARE), or ''."""
+    """A line describing `label` as a likely typo of a far more common label (see TYPO_SHARE), or of a more common
+    label one edit away when it has fewer than TYPO_HANDFUL rows; else ''."""
     count = len(lines[label])
     common = [other for other, rows in lines.items() if count <= TYPO_SHARE * len(rows)]
-    match = difflib.get_close_matches(label, common, n=1, cutoff=TYPO_SIMILARITY)
+    match = difflib.get_close_matches(label, common, n=1, cutoff=TYPO_SIMILARITY) or [
+        other for other, rows in lines.items()
+        if count < TYPO_HANDFUL and len(rows) > count and one_edit_apart(label, other)][:1]
     if not match:
         return ""
     return (
         f"  label {label!r} ({_line_list(lines[label])}) has {count} row(s) against {len(lines[match[0]])} of "
         f"{match[0]!r}: did you mean {match[0]!r}?"
     )
+
+
+def check_typo_classes(samples: Sequence[Sample], classes: Sequence[str], where: str) -> None:
+    """After the split: refuse a class one edit away from another that has no val or test image (it would train a
+    class no test can score: most likely a mistyped label); dataset.classes listing it skips this check."""
+    found, present = [], {s.split for s in samples}
+    for label in classes:
+        own = [s for s in samples if s.label == label]
+        missing = [split for split in ("val", "test") if split in present and not any(s.split == split for s in own)]
+        neighbours = [other for other in classes if one_edit_apart(label, other)]
+        if missing and neighbours and own:
+            listed = ", ".join(str(s.path) for s in own[:5]) + (f" and {len(own) - 5} more" if len(own) > 5 else "")
+            found.append(f"  class {label!r} ({len(own)} image(s): {listed}) has no {' or '.join(missing)} image and is "
+                         f"one letter away from {neighbours[0]!r}")
+    if found:
+        raise DatasetError(f"{where}: labels that look like typos:\n" + "\n".join(found)
+                           + f"\nfix the labels, or set dataset.classes=[{','.join(classes)}] if they are real classes")
 
 
 def _check_duplicate_paths(rows: dict[int, dict[str, str]], root: Path, where: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
@@ -22,6 +21,7 @@ from bcd.models.backbone import input_size
 from bcd.models.metrics import confusion_matrix, point_metrics
 from bcd.runs import command_line, write_json
 from bcd.utils.errors import ConfigError
+from bcd.utils.stored import load_stored_json
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def check_finished(cv_dir: Path, key: str) -> None:
     """Raise unless cv_dir holds a CV plan whose every fold has its predictions."""
     if not (cv_dir / PLAN).is_file():
         raise ConfigError(f"{key}: {cv_dir} is not a CV dir (no {PLAN}); pass one that `python -m bcd.cv` made")
-    folds = json.loads((cv_dir / PLAN).read_text())["folds"]
+    folds = load_stored_json(cv_dir / PLAN, "a CV plan")["folds"]
     missing = [fold for fold in range(folds) if finished_fold(cv_dir, fold) is None]
     if missing:
         raise ConfigError(
@@ -64,7 +64,7 @@ def compare_runs(run_dirs: Sequence[Path], cv: DictConfig) -> list[dict[str, Any
 
 def cv_results(cv_dir: Path, cv: DictConfig) -> dict[str, Any]:
     """A finished CV dir's plan and its metrics, from the predictions of its folds."""
-    plan = json.loads((cv_dir / PLAN).read_text())
+    plan = load_stored_json(cv_dir / PLAN, "a CV plan")
     fold_of = read_folds(cv_dir / "folds.csv")
     predictions = [read_predictions(finished_fold(cv_dir, fold) / PREDICTIONS, plan["class_names"])
                    for fold in range(plan["folds"])]
@@ -165,7 +165,7 @@ def ensure_plan(cv_dir: Path, cfg: DictConfig, image_level: bool) -> dict[str, A
         "img_size": input_size(cfg.model),
     }
     if (cv_dir / PLAN).is_file():
-        plan = json.loads((cv_dir / PLAN).read_text())
+        plan = load_stored_json(cv_dir / PLAN, "a CV plan")
         differ = {
             k: (plan["settings"].get(k), v) for k, v in settings.items() if plan["settings"].get(k) != v
         }

@@ -1,4 +1,5 @@
-"""Accuracy under controlled colour shifts (bcd.evaluate shift=...): the stain-shortcut check."""
+"""What a model reads, by what changing the images does to its accuracy: controlled colour shifts (the stain-shortcut
+check), the cells removed (background only) and the corners occluded against the same area elsewhere."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from bcd.data.background import BackgroundOnlyImages
+from bcd.data.occlusion import OCCLUDED_SIDE, PLACES, OccludedImages
 from bcd.data.shifted import ShiftedImages
 from bcd.evaluation import stats
 from bcd.inference.runners import Runner, score_loader
@@ -68,3 +70,34 @@ def background_only(
     chance = 1.0 / len(bootstrap_options["class_names"])
     return {"acc": accuracy.as_dict(), "chance": chance, "flag_margin": BACKGROUND_FLAG_MARGIN,
             "flagged": bool(accuracy.low > chance + BACKGROUND_FLAG_MARGIN)}
+
+
+# the occlusion check flags a model whose accuracy drops by at least this much more with its corners occluded than with
+# the same area occluded elsewhere, the drop's interval excluding zero
+OCCLUSION_FLAG_DROP = 0.05
+
+
+def corner_occlusion(
+    runner: Runner,
+    paths: Sequence[Path],
+    targets: np.ndarray,
+    img_size: int,
+    loader_options: Mapping[str, Any],
+    bootstrap_options: Mapping[str, Any],
+    tta: bool = False,
+) -> dict[str, Any]:
+    """Accuracy (with CIs) with the four corners occluded and with four same-size squares occluded elsewhere
+    (bcd.data.occlusion), and the drop between them with a paired CI: flagged when the corners cost at least
+    OCCLUSION_FLAG_DROP more, so that the model reads something in the corners (a burned-in label, a stamp)."""
+    correct, accuracy = {}, {}
+    for place in PLACES:
+        images = OccludedImages(paths, targets.tolist(), img_size, place, bootstrap_options["seed"])
+        logits, _ = score_loader(runner, DataLoader(images, **loader_options), tta, f"occlusion: {place} occluded")
+        probs = probabilities(logits).numpy()
+        accuracy[place] = stats.bootstrap(probs, targets, **bootstrap_options)["acc"].as_dict()
+        correct[place] = probs.argmax(1) == targets
+    drop = stats.paired_difference(correct["elsewhere"], correct["corners"], bootstrap_options["n_boot"],
+                                   bootstrap_options["ci"], bootstrap_options["seed"])
+    return {"corners": accuracy["corners"], "elsewhere": accuracy["elsewhere"], "drop": drop.as_dict(),
+            "side": OCCLUDED_SIDE, "flag_drop": OCCLUSION_FLAG_DROP,
+            "flagged": bool(drop.low > 0 and drop.value >= OCCLUSION_FLAG_DROP)}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +29,7 @@ __all__ = [
     "brier_score",
     "calibration_report",
     "expected_calibration_error",
+    "paired_difference",
     "reliability_bins",
 ]
 
@@ -80,20 +81,41 @@ def bootstrap(
     if n_boot == 0:
         return {k: Estimate(v, v, v) for k, v in point.items()}
 
-    n = len(targets)
-    rng = np.random.default_rng(seed)
     samples = np.empty((n_boot, len(keys)), dtype=np.float64)
-    for b in range(n_boot):
-        idx = rng.integers(0, n, size=n)
+    for b, idx in enumerate(resamples(len(targets), n_boot, seed)):
         res = point_metrics_unchecked(probs[idx], targets[idx], class_names, mask)
         samples[b] = [res[k] for k in keys]
+    low, high = _percentile_interval(samples, ci)
+    return {k: Estimate(point[k], float(low[i]), float(high[i])) for i, k in enumerate(keys)}
 
+
+def resamples(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """The image indices of each bootstrap resample (n draws with replacement), the same for the same seed."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        yield rng.integers(0, n, size=n)
+
+
+def _percentile_interval(samples: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:
+    """The percentile interval of each column of bootstrap samples."""
     alpha = (1.0 - ci) / 2.0
     with warnings.catch_warnings():
         # A metric undefined in every resample (e.g. AUROC of an absent class) has NaN bounds by design.
         warnings.simplefilter("ignore", RuntimeWarning)
-        low, high = np.nanpercentile(samples, [100.0 * alpha, 100.0 * (1.0 - alpha)], axis=0)
-    return {k: Estimate(point[k], float(low[i]), float(high[i])) for i, k in enumerate(keys)}
+        return np.nanpercentile(samples, [100.0 * alpha, 100.0 * (1.0 - alpha)], axis=0)
+
+
+def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray, n_boot: int = 1000, ci: float = 0.95,
+                      seed: int = 0) -> Estimate:
+    """Accuracy of A minus accuracy of B on the same images (boolean per image), with a percentile bootstrap CI
+    that resamples the images once for both (so what the images share cancels out)."""
+    difference = np.asarray(correct_a, dtype=np.float64) - np.asarray(correct_b, dtype=np.float64)
+    point = float(difference.mean())
+    if n_boot == 0:
+        return Estimate(point, point, point)
+    samples = np.array([[difference[idx].mean()] for idx in resamples(len(difference), n_boot, seed)])
+    low, high = _percentile_interval(samples, ci)
+    return Estimate(point, float(low[0]), float(high[0]))
 
 
 def _confidence_correct(probs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from bcd.utils.stored import load_stored_json, short_repr
+
 SCORE = "energy"
 
 
@@ -21,6 +23,8 @@ class Calibration:
     """What bcd.inference.scores.score_images needs from a fit on val: T and the energy threshold."""
 
     temperature: float | None = None
+    # 'fitted', or why no temperature is given (too few val errors, a fit out of range, no val split)
+    temperature_status: str = "no val split"
     ood_threshold: float | None = None
     ood_quantile: float | None = None
     # the views the fit was made on: a temperature and a threshold only mean something on the same views
@@ -54,7 +58,7 @@ class Calibration:
         """A calibration.json, checked; files of earlier bcd versions (an `ood` section, no `tta`) are accepted
         for the views they were fitted on, `tta_of_legacy` (the checkpoint's default)."""
         try:
-            data = json.loads(Path(path).read_text())
+            data = load_stored_json(path, "a calibration.json")
         except (OSError, ValueError) as error:
             raise CalibrationError(f"calibration: cannot read {path} as JSON ({error})") from error
         if not isinstance(data, dict):
@@ -65,6 +69,8 @@ class Calibration:
         unknown = sorted(set(data) - known)
         if unknown:
             raise CalibrationError(f"calibration: {path} has unknown fields {unknown}; expected {sorted(known)}")
+        if "temperature_status" not in data:  # written before the status was recorded
+            data["temperature_status"] = "fitted" if data.get("temperature") is not None else "no temperature"
         calibration = cls(**data)
         calibration._check(path)
         return calibration
@@ -75,17 +81,17 @@ class Calibration:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
                                       or not math.isfinite(value)):
-                raise CalibrationError(f"calibration: {path}: {name} is {value!r}, not a finite number (or null)")
+                raise CalibrationError(f"calibration: {path}: {name} is {short_repr(value)}, not a finite number (or null)")
         if self.temperature is not None and not self.temperature > 0:
             raise CalibrationError(f"calibration: {path} has temperature {self.temperature}; it must be > 0 (or null)")
         if not isinstance(self.tta, bool):
-            raise CalibrationError(f"calibration: {path}: tta is {self.tta!r}, not true or false")
-        for name in ("fitted_on", "checkpoint", "score"):
+            raise CalibrationError(f"calibration: {path}: tta is {short_repr(self.tta)}, not true or false")
+        for name in ("fitted_on", "checkpoint", "score", "temperature_status"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
-                raise CalibrationError(f"calibration: {path}: {name} is {value!r}, not a string")
+                raise CalibrationError(f"calibration: {path}: {name} is {short_repr(value)}, not a string")
         if self.score != SCORE:
-            raise CalibrationError(f"calibration: {path}: OOD score {self.score!r} is not one bcd computes ({SCORE!r})")
+            raise CalibrationError(f"calibration: {path}: OOD score {short_repr(self.score)} is not one bcd computes ({SCORE!r})")
 
 
 def _from_legacy(data: dict[str, Any], path: Path, tta: bool) -> dict[str, Any]:
@@ -98,7 +104,7 @@ def _from_legacy(data: dict[str, Any], path: Path, tta: bool) -> dict[str, Any]:
         )
     ood = data.get("ood") or {}
     if not isinstance(ood, dict):
-        raise CalibrationError(f"calibration: {path}: ood is {ood!r}, not an object")
+        raise CalibrationError(f"calibration: {path}: ood is {short_repr(ood)}, not an object")
     return {
         "temperature": data.get("temperature"),
         "ood_threshold": ood.get("threshold"),

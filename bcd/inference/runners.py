@@ -3,7 +3,6 @@ and the one function that turns a batch of images into per-view class logits."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
@@ -16,6 +15,7 @@ from bcd.inference.views import dihedral_views
 from bcd.models.classifier import Classifier
 from bcd.models.fitting import device_of
 from bcd.utils.progress import progress
+from bcd.utils.stored import load_stored_json
 
 RUNTIMES = ("torch", "onnx")
 
@@ -68,7 +68,7 @@ class OnnxRunner:
     def metadata(self) -> dict[str, Any]:
         """What export.json next to the file records ({} when there is none)."""
         export_json = self.path.with_name("export.json")
-        return json.loads(export_json.read_text()) if export_json.is_file() else {}
+        return load_stored_json(export_json, "an export.json") if export_json.is_file() else {}
 
     @property
     def img_size(self) -> int:

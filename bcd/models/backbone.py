@@ -222,12 +222,23 @@ def load_weights(network: Network, path: str | Path) -> WeightsReport:
     target = network.state_dict()
     to_load: dict[str, torch.Tensor] = {}
     skipped: list[str] = []
+    misshapen: list[str] = []
     for key, value in source.items():
         mapped = _network_key(key)
         if mapped in target and target[mapped].shape == value.shape and mapped not in to_load:
             to_load[mapped] = value
         else:
             skipped.append(key)
+            if mapped.startswith("backbone.") and mapped in target and target[mapped].shape != value.shape:
+                misshapen.append(f"{key} {tuple(value.shape)} (the model's {mapped} is {tuple(target[mapped].shape)})")
+    # a skipped head is expected (another number of classes); a skipped backbone tensor would stay random, unnamed
+    if misshapen:
+        listed = "\n  ".join(misshapen[:10]) + (f"\n  ... and {len(misshapen) - 10} more" if len(misshapen) > 10 else "")
+        raise ValueError(
+            f"model.weights_path: {path} has backbone tensors of another shape than model {network.model_name}'s, "
+            f"which would stay randomly initialised:\n  {listed}\ncheck that model=... names the architecture the "
+            "weights were trained as, or use a weights file of this model"
+        )
 
     n_backbone = sum(1 for k in target if k.startswith("backbone."))
     k_backbone = sum(1 for k in to_load if k.startswith("backbone."))

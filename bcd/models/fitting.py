@@ -8,6 +8,7 @@ import copy
 import logging
 import os
 import signal
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -18,9 +19,11 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from bcd.models.checkpoints import CheckpointError, read_checkpoint
 from bcd.models.classifier import Classifier
 from bcd.models.memory import GIB, MicroBatchPlan, given_micro_batch
 from bcd.utils.errors import ConfigError
+from bcd.utils.stored import short_repr
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +106,48 @@ class ValidationEveryImages(L.Callback):
             trainer.check_val_every_n_epoch = 1
 
 
+# what a resumed run must share with the run that wrote its checkpoint, else its state cannot be restored
+RESUMED_HPARAMS = ("class_names", "task", "optimizer", "scheduler")
+# Lightning's functions that restore a checkpoint's training state: an error raised inside them means the file does
+# not fit this run (another optimizer or schedule, an earlier bcd version's schedule), not a bug of the fit
+RESTORING = {"restore_training_state", "restore_optimizers_and_schedulers", "restore_optimizers",
+             "restore_lr_schedulers", "restore_loops", "restore_callbacks", "restore_model"}
+RESUME_FIX = ("resume with the overrides of the run that wrote it, or start afresh without ckpt_path (to start from "
+              "its weights instead: model.weights_path=<the checkpoint>)")
+
+
+def check_resumable(ckpt_path: str, model: Classifier) -> None:
+    """Before a resumed fit: ckpt_path is a bcd checkpoint (read safely: a text file or a pickle is refused, naming it)
+    of a run with the same classes, task, optimizer and schedule as this one."""
+    stored = read_checkpoint(ckpt_path).get("hyper_parameters") or {}
+    differing = [key for key in RESUMED_HPARAMS if key in stored and stored[key] != model.hparams.get(key)]
+    if differing:
+        shown = "; ".join(f"{key}: {short_repr(stored[key])} there, {short_repr(model.hparams.get(key))} here"
+                          for key in differing)
+        raise CheckpointError(f"ckpt_path: {ckpt_path} was written by a run with another {', '.join(differing)} ({shown}), "
+                              f"so its training state cannot continue here; {RESUME_FIX}")
+
+
+def _raised_while_restoring(error: BaseException) -> bool:
+    """Whether an error came from Lightning restoring a checkpoint's training state."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return any(frame.name in RESTORING and "checkpoint_connector" in frame.filename for frame in frames)
+
+
 def fit(trainer: L.Trainer, model: Classifier, datamodule: L.LightningDataModule, ckpt_path: str | None,
         output_dir: Path) -> None:
-    """trainer.fit; a run stopped by SIGTERM (a scheduler's time limit, `kill`) exits with 143, saying how to resume."""
+    """trainer.fit; a run stopped by SIGTERM (a scheduler's time limit, `kill`) exits with 143, saying how to resume.
+    A checkpoint to resume from is checked first, and one whose state does not fit is named with the fix."""
+    if ckpt_path:
+        check_resumable(ckpt_path, model)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except (KeyError, ValueError, RuntimeError, TypeError) as error:
+        if not ckpt_path or not _raised_while_restoring(error):
+            raise
+        raise CheckpointError(f"ckpt_path: {ckpt_path} cannot be resumed by this run: restoring its training state "
+                              f"failed ({type(error).__name__}: {short_repr(str(error))}); it was probably written by "
+                              f"another bcd version or with another optimizer or schedule; {RESUME_FIX}") from None
     except SIGTERMException:
         last = output_dir / "checkpoints" / "last.ckpt"
         resume = (f"resume with ckpt_path={last} (and the same overrides)" if last.is_file()

@@ -27,6 +27,7 @@ import torch
 
 from bcd.utils.errors import ConfigError
 from bcd.utils.rss import peak_rss_mib, reset_peak_rss
+from bcd.utils.stored import load_stored_json
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def probe_peak(hparams: Mapping[str, Any], img_size: int, micro: int, device: st
     key = hashlib.sha1(json.dumps(depends_on, sort_keys=True, default=str).encode()).hexdigest()[:20]
     cached = cache_dir / "memory" / f"{key}.json" if cache_dir is not None else None
     if cached is not None and cached.is_file():
-        return int(json.loads(cached.read_text())["peak_bytes"])
+        return int(load_stored_json(cached, "a memory measurement")["peak_bytes"])
     result = subprocess.run([sys.executable, "-m", "bcd.models.memory_probe", json.dumps(request, default=str)],
                             capture_output=True, text=True, check=False)
     if result.returncode != 0:

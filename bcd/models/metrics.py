@@ -24,6 +24,9 @@ from torchmetrics.aggregation import CatMetric
 
 # what is logged every epoch (support, per-class AUROC and sensitivity/specificity stay in reports)
 LOGGED = ("acc", "balanced_acc", "macro_precision", "macro_recall", "macro_f1", "auroc")
+# the validation metric that chooses between models by default: what sweeps optimise (conf/sweep.yaml refers to it as
+# ${bcd.const:selection_metric}) and what bcd.train returns to a Hydra sweeper; never a test metric
+SELECTION_METRIC = "val/macro_f1"
 LOGGED_PER_CLASS = ("precision", "recall", "f1")
 
 

@@ -23,6 +23,7 @@ from bcd.models import specs
 from bcd.models.colour_norm import ChannelBalance, Reinhard
 from bcd.models.losses import BinaryCrossEntropyLoss, CrossEntropyLoss, FocalLoss
 from bcd.models.schedulers import cosine_with_warmup, reduce_on_plateau
+from bcd.utils.stored import short_repr
 
 
 class StoredConfigError(ValueError):
@@ -85,7 +86,7 @@ def checked(schema: type, stored: Any, where: str) -> Any:
     known = {f.name: f for f in fields(schema)}
     unknown = sorted(str(key) for key in stored if key not in known)
     if unknown:
-        raise StoredConfigError(f"{where}: unknown field(s) {unknown}; {schema.__name__} has {sorted(known)}")
+        raise StoredConfigError(f"{where}: unknown field(s) {short_repr(unknown)}; {schema.__name__} has {sorted(known)}")
     hints = typing.get_type_hints(schema)
     values = {}
     for name, spec_field in known.items():
@@ -121,7 +122,7 @@ def _typed(annotation: Any, value: Any, where: str) -> Any:
         return float(value)
     if annotation is str and isinstance(value, str):
         return value
-    raise StoredConfigError(f"{where}: {value!r} is not a {getattr(annotation, '__name__', annotation)}")
+    raise StoredConfigError(f"{where}: {short_repr(value)} is not a {getattr(annotation, '__name__', annotation)}")
 
 
 def _plain(value: Any, where: str) -> Any:
@@ -143,20 +144,21 @@ def spec(group: str, stored: Mapping[str, Any] | None, where: str) -> Any:
     if stored is None and group == "scheduler":
         stored = {"name": "none"}  # checkpoints of earlier versions stored no scheduler as null
     if not isinstance(stored, Mapping):
-        raise StoredConfigError(f"{where}: expected a mapping with a name (one of {sorted(entries)}), got {stored!r}")
+        raise StoredConfigError(
+            f"{where}: expected a mapping with a name (one of {sorted(entries)}), got {short_repr(stored)}")
     values = dict(stored)
     if "_target_" in values:
         target = values.pop("_target_")
         values.pop("_partial_", None)
         if target not in LEGACY_TARGETS.get(group, {}):
             raise StoredConfigError(
-                f"{where}._target_: {target!r} is not something bcd builds; a {group} is named by `name`, one of "
+                f"{where}._target_: {short_repr(target)} is not something bcd builds; a {group} is named by `name`, one of "
                 f"{sorted(entries)} (bcd.models.registry)"
             )
         values["name"] = LEGACY_TARGETS[group][target]
     name = values.get("name")
     if not isinstance(name, str) or name not in entries:
-        raise StoredConfigError(f"{where}.name: {name!r} is not one of {sorted(entries)} (bcd.models.registry)")
+        raise StoredConfigError(f"{where}.name: {short_repr(name)} is not one of {sorted(entries)} (bcd.models.registry)")
     return checked(entries[name].schema, values, where)
 
 

@@ -74,10 +74,15 @@ def summary_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
         rows.append((f"background only: accuracy with the cells removed [{level}]",
                      f"{format_estimate(background['acc'])} (chance {background['chance']:.3f})"
                      + ("; flagged: the model reads the slide" if background["flagged"] else "")))
+    occlusion = result.get("occlusion")
+    if occlusion:
+        rows.append((f"corners occluded / same area elsewhere: accuracy [{level}]",
+                     f"{format_estimate(occlusion['corners'])} / {format_estimate(occlusion['elsewhere'])}"
+                     + ("; flagged: the model reads the corners" if occlusion["flagged"] else "")))
     calibration = result["calibration"]
     rows.append(("ECE before / after temperature scaling", f"{calibration['before']['ece']:.4f} / "
                  + (f"{calibration['after']['ece']:.4f} (T = {calibration['temperature']:.3f})"
-                    if calibration.get("after") else "no temperature fitted")))
+                    if calibration.get("after") else f"no temperature: {_status(calibration)}")))
     rows.append(("split method", SPLIT_METHODS.get(result["split_method"], result["split_method"])))
     return rows
 
@@ -90,12 +95,20 @@ def _per_class_rows(estimates: Mapping[str, Estimate], class_names: Sequence[str
     ]
 
 
+def _status(calibration: Mapping[str, Any]) -> str:
+    """Why no temperature was fitted (metrics.json of earlier versions do not say)."""
+    return calibration.get("temperature_status") or "none fitted"
+
+
 def _calibration_rows(calibration: Mapping[str, Any]) -> list[list[str]]:
-    """ECE and Brier score before and (when a temperature was fitted) after temperature scaling."""
+    """ECE and Brier score before and (when a temperature was fitted) after temperature scaling, else why not."""
     rows = [["before temperature scaling", calibration["before"]]]
     if calibration.get("after"):
         rows.append([f"after (T = {calibration['temperature']:.3f}, fitted on val)", calibration["after"]])
-    return [[label, f"{values['ece']:.4f}", f"{values['brier']:.4f}"] for label, values in rows]
+    table = [[label, f"{values['ece']:.4f}", f"{values['brier']:.4f}"] for label, values in rows]
+    if not calibration.get("after"):
+        table.append([f"no temperature scaling: {_status(calibration)}", "", ""])
+    return table
 
 
 def _data_lines(result: Mapping[str, Any], run: TrainedRun, datamodule: Any) -> list[str]:
@@ -143,14 +156,30 @@ def _background_lines(result: Mapping[str, Any]) -> list[str]:
     """The background-only check, or nothing when it did not run."""
     background = result.get("background_only")
     if not background:
-        return []
+        return _occlusion_lines(result)
     verdict = ("**well above chance: the model reads the slide (stain, lamp, marks), not only the cell**"
                if background["flagged"] else "not well above chance")
     return ["## Background only (cells removed)", "",
             "The same images with every stained cell (and mark) filled with the slide's background colour "
             "(bcd.data.background: a colour threshold, documented there).", "",
             f"Accuracy {format_estimate(background['acc'])}, chance {background['chance']:.3f}: {verdict} (flagged "
-            f"when the lower bound exceeds chance by {background['flag_margin']:.2f}).", ""]
+            f"when the lower bound exceeds chance by {background['flag_margin']:.2f}).", ""] + _occlusion_lines(result)
+
+
+def _occlusion_lines(result: Mapping[str, Any]) -> list[str]:
+    """The occlusion check, or nothing when it did not run."""
+    occlusion = result.get("occlusion")
+    if not occlusion:
+        return []
+    verdict = ("**the corners cost far more than the same area elsewhere: the model reads something in the corners "
+               "(a burned-in label, a stamp)**" if occlusion["flagged"] else "the corners cost no more than the same "
+               "area elsewhere")
+    return ["## Corners occluded (a shortcut in the corners?)", "",
+            f"The same images with their four corner squares ({occlusion['side']:.0%} of the side each) filled with the "
+            "slide's background colour, against four squares of the same size elsewhere (bcd.data.occlusion).", "",
+            f"Accuracy with the corners occluded {format_estimate(occlusion['corners'])}, with the same area elsewhere "
+            f"{format_estimate(occlusion['elsewhere'])}; the drop {format_estimate(occlusion['drop'])} (paired): "
+            f"{verdict} (flagged from a drop of {occlusion['flag_drop']:.2f} whose interval excludes 0).", ""]
 
 
 def write_report(
@@ -249,7 +278,7 @@ def write_model_card(
         "",
         f"Calibration: ECE {calibration['before']['ece']:.4f} before"
         + (f", {calibration['after']['ece']:.4f} after temperature scaling (T = {calibration['temperature']:.3f})"
-           if calibration.get("after") else "")
+           if calibration.get("after") else f"; no temperature scaling ({_status(calibration)})")
         + ".",
         "",
         *_shift_lines(result),

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
+import os
 import re
 import reprlib
 import signal
@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from bcd.models.fitting import device_of
 from bcd.runs import RunSummary
 from bcd.utils.errors import ConfigError
+from bcd.utils.stored import load_stored_json
 
 log = logging.getLogger(__name__)
 
@@ -329,14 +330,74 @@ def last_exception(lines: Sequence[str]) -> str:
     return reasons[-1] if reasons else (lines[-1] if lines else "no output")
 
 
-def train_in_subprocess(overrides: Sequence[str], run_dir: Path) -> RunSummary:
-    """`python -m bcd.train <overrides>` in run_dir (output to subprocess.log); returns its summary."""
+class SweepInterrupted(KeyboardInterrupt):
+    """SIGTERM reached the sweep: the running trial was stopped and is recorded as FAIL, and the sweep ends.
+
+    A KeyboardInterrupt, so that Optuna records the trial as FAIL and lets it through (its `catch` is for the errors of
+    trials, after which the study goes on)."""
+
+
+# seconds a trial's processes get to stop after SIGTERM (Lightning finishes its step and exits) before SIGKILL
+TRIAL_STOP_GRACE_S = 60
+
+
+class SigtermForwarding:
+    """While a sweep runs: SIGTERM (a cluster's time limit, `kill`) goes on to the running trial's process group (its
+    DDP ranks included) instead of orphaning it, the sweep waits for it to stop, and the trial ends as FAIL. Without
+    a trial process, SIGTERM ends the sweep at once (an in-process trial is stopped by Lightning's own handler)."""
+
+    def __init__(self) -> None:
+        self.child: subprocess.Popen | None = None
+        self.received_at: float | None = None
+        self.in_process_trial = False
+        self._previous: Any = None
+
+    def __enter__(self) -> SigtermForwarding:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received_at = time.monotonic()
+        if self.child is not None and self.child.poll() is None:
+            os.killpg(self.child.pid, signal.SIGTERM)
+        elif not self.in_process_trial:
+            raise SweepInterrupted("SIGTERM")
+
+    def wait(self, child: subprocess.Popen) -> int:
+        """Wait for a trial process, stopping its whole process group (SIGKILL after the grace period) when SIGTERM
+        came; then raise SweepInterrupted, or return its exit code."""
+        self.child = child
+        try:
+            while True:
+                try:
+                    code = child.wait(timeout=1.0)
+                    break
+                except subprocess.TimeoutExpired:
+                    if self.received_at is not None and time.monotonic() - self.received_at > TRIAL_STOP_GRACE_S:
+                        os.killpg(child.pid, signal.SIGKILL)
+        finally:
+            self.child = None
+        if self.received_at is not None:
+            raise SweepInterrupted(f"SIGTERM: its process (group {child.pid}) was stopped with it and exited with {code}")
+        return code
+
+
+def train_in_subprocess(overrides: Sequence[str], run_dir: Path,
+                        forwarding: SigtermForwarding | None = None) -> RunSummary:
+    """`python -m bcd.train <overrides>` in run_dir (output to subprocess.log); returns its summary. With `forwarding`
+    the trial runs in a process group of its own, which a SIGTERM to this process stops too."""
     command = [sys.executable, "-m", "bcd.train", *overrides, f"hydra.run.dir={hydra_value(str(run_dir))}"]
     output = run_dir / "subprocess.log"
     with output.open("w") as handle:
-        code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode
+        child = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
+                                 start_new_session=forwarding is not None)
+        code = forwarding.wait(child) if forwarding is not None else child.wait()
     if (run_dir / "pruned.json").exists():
-        raise optuna.TrialPruned(f"pruned: {json.loads((run_dir / 'pruned.json').read_text())}")
+        pruned = load_stored_json(run_dir / "pruned.json", "a trial's pruned.json")
+        raise optuna.TrialPruned(f"pruned: {pruned}")
     if code < 0:  # killed by a signal: the kernel's out-of-memory killer sends SIGKILL
         name = signal.Signals(-code).name
         raise RuntimeError(f"python -m bcd.train was killed by {name}"

@@ -45,3 +45,19 @@ class SigkillWhenDropRate(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
         if pl_module.hparams.model["drop_rate"] == self.drop_rate:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SigtermParentAtBatch(L.Callback):
+    """At the first training batch: write this process's pid to `pid_file`, then send SIGTERM to the parent process (a
+    sweep running this as a trial), as a cluster's time limit stopping the sweep would."""
+
+    def __init__(self, pid_file: str) -> None:
+        self.pid_file = pid_file
+        self.sent = False
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if not self.sent:
+            self.sent = True
+            with open(self.pid_file, "w") as handle:
+                handle.write(str(os.getpid()))
+            os.kill(os.getppid(), signal.SIGTERM)
