@@ -91,12 +91,13 @@ def manifest(path: Path, root: Path, rows: list[tuple[str, str, str]]) -> Path:
 
 
 def rows_of(root: Path, typo_rows: int, split: bool) -> list[tuple[str, str, str]]:
-    """Every image of the tiny synthetic data, the first `typo_rows` Benign ones labelled 'Benignn'; with `split`
-    a split column that puts those all in train."""
+    """Every image of the tiny synthetic data, the first 6 Early ones labelled Benign too (18 Benign rows), the first
+    `typo_rows` Benign ones labelled 'Benignn'; with `split` a split column that puts those all in train."""
     rows = []
     for name in ("Benign", "Early", "Pre", "Pro"):
         for i, path in enumerate(sorted((root / name).glob("*.jpg"))):
-            label = "Benignn" if name == "Benign" and i < typo_rows else name
+            label = "Benign" if name == "Early" and i < 6 else name
+            label = "Benignn" if name == "Benign" and i < typo_rows else label
             where = ("train" if label == "Benignn" or i % 4 < 2 else "val" if i % 4 == 2 else "test") if split else ""
             rows.append((str(path.relative_to(root)), label, where))
     return rows
@@ -111,7 +112,7 @@ def test_a_rare_label_one_letter_from_another_is_an_error_naming_its_lines(train
 
 def test_a_label_without_val_or_test_images_one_letter_from_another_is_an_error(train_run, synthetic_root: Path,
                                                                                  tmp_path: Path) -> None:
-    """6 of 12 Benign rows mistyped: not rare, but the split leaves 'Benignn' no val or test image. Listing it in
+    """6 of 18 Benign rows mistyped: not rare, but the split leaves 'Benignn' no val or test image. Listing it in
     dataset.classes says it is a real class."""
     listing = manifest(tmp_path / "labels.csv", synthetic_root, rows_of(synthetic_root, 6, split=True))
     with pytest.raises(DatasetError, match=r"class 'Benignn' \(6 image\(s\).*no val or test image.*'Benign'"):

@@ -16,6 +16,7 @@ import yaml
 from bcd.models.checkpoints import CheckpointError
 from bcd.models.registry import StoredConfigError
 from bcd.runs import RunSummary
+from bcd.utils.stored import StoredFileError
 from tests.helpers.commands import run_evaluate, run_export, run_predict, train_tiny
 
 
@@ -145,7 +146,7 @@ def test_a_run_dir_config_cannot_name_code_for_the_dataset(trained: RunSummary, 
         with pytest.raises(StoredConfigError, match=where.replace(".", r"\.")):
             run_evaluate(tmp_path, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", name=f"eval-{where}")
     (run_dir / "config.yaml").write_text(f"dataset: !!python/object/apply:os.makedirs ['{canary}']\n")
-    with pytest.raises(StoredConfigError, match="not a plain YAML config"):
+    with pytest.raises(StoredFileError, match="config.yaml: not plain YAML .*python/object/apply"):
         run_evaluate(tmp_path, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", name="eval-yaml")
     assert not canary.exists()
 

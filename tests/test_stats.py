@@ -224,18 +224,20 @@ def test_temperature_scaling_fixes_overconfidence() -> None:
     ece_before = expected_calibration_error(softmax_with_temperature(over), targets)
     assert ece_before > 0.15
 
-    t = fit_temperature(over, targets)
-    assert 4.0 < t < 6.0
+    fitted = fit_temperature(over, targets)
+    t = fitted.temperature
+    assert fitted.status == "fitted" and 4.0 < t < 6.0
     ece_after = expected_calibration_error(softmax_with_temperature(over, t), targets)
     assert ece_after < 0.3 * ece_before and ece_after < 0.05
-    assert fit_temperature(base, targets) == pytest.approx(1.0, abs=0.2)
+    assert fit_temperature(base, targets).temperature == pytest.approx(1.0, abs=0.2)
 
 
 def test_no_temperature_is_fitted_when_val_has_no_errors() -> None:
-    """Perfectly separated val logits would drive T towards 0 (overconfidence); T stays 1."""
+    """Perfectly separated val logits would drive T towards 0 (overconfidence); none is reported, saying why."""
     targets = np.arange(40) % 4
     logits = np.eye(4)[targets] * 3.0 + np.random.default_rng(0).normal(0, 0.1, (40, 4))
-    assert fit_temperature(logits, targets) == 1.0
+    fitted = fit_temperature(logits, targets)
+    assert fitted.temperature is None and fitted.status.startswith("not identified: 0 of 40 val images")
 
 
 def test_fit_temperature_rejects_bad_input() -> None:

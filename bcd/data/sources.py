@@ -22,8 +22,9 @@ LAYOUTS = ("folder", "presplit", "manifest", "synthetic")
 # A genuinely rare class with a close name is kept by listing it in dataset.classes, which skips this guess.
 TYPO_SHARE = 0.1
 TYPO_SIMILARITY = 0.8
-# A label one edit away from another (a letter added, dropped or changed: 'Benignn', 'Benin') is also taken for a typo
-# when it has fewer rows than this, or when the split leaves it no val or test image, however many rows it has.
+# A label one edit away from a more common one (a letter added, dropped or changed: 'Benignn', 'Benin') is also taken
+# for a typo when it has fewer rows than this, or when it has half the rows of that label or fewer and the split
+# leaves it no val or test image.
 TYPO_HANDFUL = 5
 
 
@@ -218,13 +219,15 @@ def _typo(label: str, lines: dict[str, list[int]]) -> str:
 
 
 def check_typo_classes(samples: Sequence[Sample], classes: Sequence[str], where: str) -> None:
-    """After the split: refuse a class one edit away from another that has no val or test image (it would train a
-    class no test can score: most likely a mistyped label); dataset.classes listing it skips this check."""
+    """After the split: refuse a class that has no val or test image and is one edit away from a class at least twice
+    its size (it would train a class no test can score: most likely a mistyped label); dataset.classes listing it
+    skips this. (Classes of similar size one letter apart, like Pre and Pro, are not suspects.)"""
     found, present = [], {s.split for s in samples}
+    sizes = {label: sum(s.label == label for s in samples) for label in classes}
     for label in classes:
         own = [s for s in samples if s.label == label]
         missing = [split for split in ("val", "test") if split in present and not any(s.split == split for s in own)]
-        neighbours = [other for other in classes if one_edit_apart(label, other)]
+        neighbours = [other for other in classes if one_edit_apart(label, other) and sizes[other] >= 2 * sizes[label]]
         if missing and neighbours and own:
             listed = ", ".join(str(s.path) for s in own[:5]) + (f" and {len(own) - 5} more" if len(own) > 5 else "")
             found.append(f"  class {label!r} ({len(own)} image(s): {listed}) has no {' or '.join(missing)} image and is "

@@ -79,13 +79,15 @@ def connected_groups(n: int, edges: Sequence[tuple[int, int]]) -> list[int]:
 def _holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of a stratified, group-respecting held-out part of about `fraction` of the rows."""
     n_splits = max(2, round(1.0 / fraction))
-    per_class = {label: len(set(groups[labels == label])) for label in sorted(set(labels.tolist()))}
+    per_class = {label: int((labels == label).sum()) for label in sorted(set(labels.tolist()))}
     if len(set(groups)) < n_splits or max(per_class.values()) < n_splits:
-        # scikit-learn stratifies by cutting every class into n_splits folds: it needs that many independent images
+        # scikit-learn stratifies by cutting the rows into n_splits folds: it needs that many independent images (or
+        # groups) in all, and that many images in at least one class
         counts = ", ".join(f"{label} {count}" for label, count in per_class.items())
         raise DatasetError(
-            f"dataset: too few images to hold out {fraction:.0%} of each class (independent images or groups per "
-            f"class: {counts}; a stratified hold-out of {fraction:.0%} needs at least {n_splits} in a class). Add "
+            f"dataset: too few images to hold out {fraction:.0%} of each class (images per class: {counts}; "
+            f"{len(set(groups))} independent images or groups in all; a stratified hold-out of {fraction:.0%} needs "
+            f"{n_splits} of them, and {n_splits} images in a class). Add "
             "images, set dataset.val_fraction=0 / dataset.test_fraction=0, or give the split yourself (a pre-split "
             "folder with dataset.layout=presplit, or a manifest's split column)"
         )

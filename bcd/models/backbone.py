@@ -231,15 +231,6 @@ def load_weights(network: Network, path: str | Path) -> WeightsReport:
             skipped.append(key)
             if mapped.startswith("backbone.") and mapped in target and target[mapped].shape != value.shape:
                 misshapen.append(f"{key} {tuple(value.shape)} (the model's {mapped} is {tuple(target[mapped].shape)})")
-    # a skipped head is expected (another number of classes); a skipped backbone tensor would stay random, unnamed
-    if misshapen:
-        listed = "\n  ".join(misshapen[:10]) + (f"\n  ... and {len(misshapen) - 10} more" if len(misshapen) > 10 else "")
-        raise ValueError(
-            f"model.weights_path: {path} has backbone tensors of another shape than model {network.model_name}'s, "
-            f"which would stay randomly initialised:\n  {listed}\ncheck that model=... names the architecture the "
-            "weights were trained as, or use a weights file of this model"
-        )
-
     n_backbone = sum(1 for k in target if k.startswith("backbone."))
     k_backbone = sum(1 for k in to_load if k.startswith("backbone."))
     # Fewer than half matching almost always means the wrong architecture; loading it would silently leave
@@ -248,6 +239,15 @@ def load_weights(network: Network, path: str | Path) -> WeightsReport:
         raise ValueError(
             f"model.weights_path: {path} does not fit model {network.model_name}: only {k_backbone} of "
             f"{n_backbone} backbone tensors matched; check model=... matches the weights"
+        )
+
+    # a skipped head is expected (another number of classes); a skipped backbone tensor would stay random, unnamed
+    if misshapen:
+        listed = "\n  ".join(misshapen[:10]) + (f"\n  ... and {len(misshapen) - 10} more" if len(misshapen) > 10 else "")
+        raise ValueError(
+            f"model.weights_path: {path} has backbone tensors of another shape than model {network.model_name}'s, "
+            f"which would stay randomly initialised:\n  {listed}\ncheck that model=... names the architecture the "
+            "weights were trained as, or use a weights file of this model"
         )
 
     network.load_state_dict(to_load, strict=False)
