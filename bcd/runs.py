@@ -213,6 +213,8 @@ class RunSummary:
     history: List[Dict[str, float]] = field(default_factory=list)  # noqa: UP006
     # the micro-batch plan (bcd.models.memory.MicroBatchPlan) and the peak memory training measured
     memory: Dict[str, Any] = field(default_factory=dict)  # noqa: UP006
+    # the run's free-text tags (train.yaml `tags`, also on its W&B run)
+    tags: List[str] = field(default_factory=list)  # noqa: UP006
 
     @property
     def best_or_last(self) -> str:

@@ -29,7 +29,7 @@ from bcd.models.fitting import (
     same_plan_on_every_rank,
     trainer_arguments,
 )
-from bcd.models.memory import GIB, MicroBatchPlan, peak_memory, plan_micro_batches
+from bcd.models.memory import GIB, MicroBatchPlan, peak_memory, plan_micro_batches, training_budget
 from bcd.models.metrics import SELECTION_METRIC
 from bcd.models.registry import checked
 from bcd.runs import (
@@ -98,10 +98,11 @@ def train(cfg: DictConfig) -> RunSummary | None:
     for logger in loggers:
         logger.log_hyperparams({"config": to_plain(cfg)})
     device = device_of(cfg.trainer.accelerator)
+    budget = training_budget(cfg.memory_budget, cfg.trainer.get("memory_budget"))
     plan = same_plan_on_every_rank(lambda: plan_micro_batches(
         cfg.micro_batch, datamodule.batch_size, dict(model.hparams), img_size, device, cfg.trainer.precision,
-        cfg.trainer.get("memory_budget"), Path(cfg.paths.cache_dir)), datamodule.batch_size)
-    datamodule.batch_size = plan.micro_batch
+        budget, Path(cfg.paths.cache_dir)), output_dir)
+    datamodule.micro_batch = plan.micro_batch
 
     def build_trainer(plan: MicroBatchPlan) -> L.Trainer:
         return instantiate(trainer_arguments(to_plain(cfg.trainer), plan), callbacks=callbacks, logger=loggers or False)
@@ -166,6 +167,7 @@ def run_summary(
         train_images_per_s=round(images_trained(trainer) / max(timings["fit"], 1e-9), 2),
         timings_s={**{k: round(v, 2) for k, v in timings.items()}, "total": round(sum(timings.values()), 2)},
         seed=cfg.seed,
+        tags=list(cfg.tags),
         allocator=active_allocator(),
         versions=library_versions(),
     )

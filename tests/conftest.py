@@ -31,6 +31,24 @@ def synthetic_root(synthetic_cache: Path) -> Path:
     return ensure_synthetic_dataset(synthetic_cache, images_per_class=12, image_size=IMG, seed=0)
 
 
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_cache: Path):
+    """The one trained run the tests share: the tiny model, two epochs, W&B (offline) and CSV logging. Read-only: a
+    test that writes into a run dir (evaluating its own data does) uses trained_copy."""
+    from tests.helpers.commands import train_tiny
+
+    return train_tiny(tmp_path_factory.mktemp("trained") / "run", synthetic_cache, "logger=[wandb,csv]",
+                      "trainer.max_epochs=2")
+
+
+@pytest.fixture
+def trained_copy(trained, tmp_path: Path):
+    """A copy of the shared trained run in this test's tmp_path, to write into."""
+    from tests.helpers.commands import copy_run
+
+    return copy_run(trained, tmp_path / "trained-copy")
+
+
 @pytest.fixture
 def train_run(synthetic_cache: Path, tmp_path: Path) -> Callable:
     """Run bcd.train.train in this process with the tiny overrides plus the given ones; returns the RunSummary."""

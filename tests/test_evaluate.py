@@ -14,28 +14,16 @@ from tests.helpers.cli import run_cli
 from tests.helpers.commands import run_evaluate
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_cache: Path) -> RunSummary:
-    """A tiny model trained for two epochs with W&B (offline) and CSV logging."""
-    from bcd.train import train
-    from tests.helpers.configs import compose_train, tiny_overrides
-
-    out = tmp_path_factory.mktemp("trained")
-    base = [o for o in tiny_overrides(synthetic_cache) if not o.startswith("logger=")]
-    cfg = compose_train([*base, "logger=[wandb,csv]", "trainer.max_epochs=2", f"paths.output_dir={out}"])
-    return train(cfg)
-
-
-def test_evaluate_writes_the_whole_report(trained: RunSummary, tmp_path: Path) -> None:
-    result, out = run_evaluate(tmp_path, f"ckpt_path={trained.checkpoints.best}")
-    n_test = sum(trained.dataset.counts["test"].values())
+def test_evaluate_writes_the_whole_report(trained_copy: RunSummary, tmp_path: Path) -> None:
+    result, out = run_evaluate(tmp_path, f"ckpt_path={trained_copy.checkpoints.best}")
+    n_test = sum(trained_copy.dataset.counts["test"].values())
     assert result["n_images"] == n_test
     for name in ("acc", "balanced_acc", "macro_f1", "auroc", "sensitivity", "specificity", "f1/Benign"):
         estimate = result["metrics"][name]
         assert estimate["low"] <= estimate["value"] <= estimate["high"], name
     # the point estimate is the one training reported for the same checkpoint and split
-    assert result["metrics"]["acc"]["value"] == pytest.approx(trained.metrics.test["test/acc"], abs=1e-6)
-    assert result["metrics"]["macro_f1"]["value"] == pytest.approx(trained.metrics.test["test/macro_f1"], abs=1e-6)
+    assert result["metrics"]["acc"]["value"] == pytest.approx(trained_copy.metrics.test["test/acc"], abs=1e-6)
+    assert result["metrics"]["macro_f1"]["value"] == pytest.approx(trained_copy.metrics.test["test/macro_f1"], abs=1e-6)
     assert result["calibration"]["temperature"] > 0
     assert {"ece", "brier"} <= set(result["calibration"]["before"]) and result["calibration"]["after"]
 
@@ -44,7 +32,7 @@ def test_evaluate_writes_the_whole_report(trained: RunSummary, tmp_path: Path) -
     fitted = json.loads((out / "calibration.json").read_text())
     assert fitted["temperature"] == result["calibration"]["temperature"]
     assert fitted["score"] == "energy" and fitted["ood_quantile"] == 0.95 and fitted["tta"] is False
-    best = Path(trained.checkpoints.best)
+    best = Path(trained_copy.checkpoints.best)
     assert json.loads(best.with_name(f"{best.stem}.calibration.json").read_text()) == fitted
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert len(rows) == n_test
@@ -83,14 +71,14 @@ def test_evaluate_refuses_a_missing_checkpoint(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_evaluate_from_the_command_line(trained: RunSummary, tmp_path: Path) -> None:
-    result = run_cli(["bcd.evaluate", f"ckpt_path={trained.checkpoints.best}", "n_boot=100"], cwd=tmp_path)
+def test_evaluate_from_the_command_line(trained_copy: RunSummary, tmp_path: Path) -> None:
+    result = run_cli(["bcd.evaluate", f"ckpt_path={trained_copy.checkpoints.best}", "n_boot=100"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (report_dir,) = (tmp_path / "outputs" / "evaluate" / "runs").iterdir()
     assert (report_dir / "report.md").is_file() and (report_dir / "MODEL_CARD.md").is_file()
 
 
-def test_tta_scores_every_orientation_alike(trained: RunSummary, tmp_path: Path) -> None:
+def test_tta_scores_every_orientation_alike(trained_copy: RunSummary, tmp_path: Path) -> None:
     import numpy as np
     import torch
     from torch.utils.data import DataLoader, TensorDataset
@@ -99,7 +87,7 @@ def test_tta_scores_every_orientation_alike(trained: RunSummary, tmp_path: Path)
     from bcd.inference.scores import probabilities
     from bcd.models.classifier import load_classifier
 
-    model = load_classifier(trained.checkpoints.best)
+    model = load_classifier(trained_copy.checkpoints.best)
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (6, 3, 48, 48), dtype=np.uint8))
     turned = torch.rot90(images, 1, dims=(2, 3)).flip(3)  # another of the 8 views of each image
     targets = torch.zeros(6, dtype=torch.long)
@@ -114,7 +102,7 @@ def test_tta_scores_every_orientation_alike(trained: RunSummary, tmp_path: Path)
     assert np.allclose(probs(images, True), probs(turned, True), atol=1e-5)
     assert not np.allclose(probs(images, False), probs(turned, False), atol=1e-5)
 
-    result, out = run_evaluate(tmp_path, f"ckpt_path={trained.checkpoints.last}", "tta=true", "wandb=false",
+    result, out = run_evaluate(tmp_path, f"ckpt_path={trained_copy.checkpoints.last}", "tta=true", "wandb=false",
                                "shift.strengths=[0.15]")
     assert result["tta"] is True and "Test-time augmentation" in (out / "report.md").read_text()
     assert 0.0 <= result["robust_acc"]["value"] <= 1.0
@@ -141,7 +129,7 @@ def test_a_run_trained_with_tta_is_tested_evaluated_and_predicted_with_it(train_
     assert predicted["tta"] is True
 
 
-def test_images_are_scored_in_batches_that_fit_the_memory_budget(trained: RunSummary, image_folder: Path,
+def test_images_are_scored_in_batches_that_fit_the_memory_budget(trained_copy: RunSummary, image_folder: Path,
                                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With a peak of 100 MiB + 10 MiB per image, a budget of 0.2 GiB (205 MiB) holds 10 images: evaluate and predict
     score in batches of 10 (not necessarily a divisor: nothing is accumulated), and the numbers do not change."""
@@ -149,16 +137,16 @@ def test_images_are_scored_in_batches_that_fit_the_memory_budget(trained: RunSum
     from tests.helpers.commands import run_predict
     from tests.test_memory import linear_peak
 
-    whole, _ = run_evaluate(tmp_path, f"ckpt_path={trained.checkpoints.best}", "wandb=false", "batch_size=32",
+    whole, _ = run_evaluate(tmp_path, f"ckpt_path={trained_copy.checkpoints.best}", "wandb=false", "batch_size=32",
                             "shift=none", "report_html=false", name="whole")
     monkeypatch.setattr(memory, "probe_peak", linear_peak())
-    fitted, _ = run_evaluate(tmp_path, f"ckpt_path={trained.checkpoints.best}", "wandb=false", "batch_size=32",
+    fitted, _ = run_evaluate(tmp_path, f"ckpt_path={trained_copy.checkpoints.best}", "wandb=false", "batch_size=32",
                              "shift=none", "report_html=false", "memory_budget=0.2", name="fitted")
     assert (whole["batch_size"], fitted["batch_size"]) == (32, 10)
     for name in ("acc", "macro_f1", "auroc"):
         assert fitted["metrics"][name]["value"] == pytest.approx(whole["metrics"][name]["value"], abs=1e-6), name
-    summary, _, _ = run_predict(tmp_path, f"ckpt_path={trained.checkpoints.best}", f"inputs={image_folder}",
+    summary, _, _ = run_predict(tmp_path, f"ckpt_path={trained_copy.checkpoints.best}", f"inputs={image_folder}",
                                 "batch_size=32", "memory_budget=0.2", "report_html=false")
     assert summary["batch_size"] == 10
     with pytest.raises(MemoryError, match=r"even a micro-batch of 1 .* raise memory_budget"):
-        run_evaluate(tmp_path, f"ckpt_path={trained.checkpoints.best}", "memory_budget=0.05", name="tiny")
+        run_evaluate(tmp_path, f"ckpt_path={trained_copy.checkpoints.best}", "memory_budget=0.05", name="tiny")

@@ -28,12 +28,6 @@ def train_tiny(tmp_path_factory: pytest.TempPathFactory, synthetic_cache: Path, 
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_cache: Path) -> RunSummary:
-    """The multiclass model (Benign, Early, Pre, Pro)."""
-    return train_tiny(tmp_path_factory, synthetic_cache)
-
-
-@pytest.fixture(scope="module")
 def onnx_export(trained: RunSummary, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     """The multiclass model exported to ONNX (the default format)."""
     out = tmp_path_factory.mktemp("export") / "onnx"

@@ -24,19 +24,13 @@ from bcd.models.checkpoints import CheckpointError
 from bcd.runs import RunSummary
 from bcd.utils.stored import StoredFileError
 from tests.helpers.cli import run_cli
-from tests.helpers.commands import read_rows, run_evaluate, run_predict, train_tiny
+from tests.helpers.commands import copy_run, read_rows, run_evaluate, run_predict
 from tests.helpers.configs import compose_train, tiny_overrides
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_cache: Path) -> RunSummary:
-    """A tiny model trained for two epochs (validated, so it has a val metric)."""
-    return train_tiny(tmp_path_factory.mktemp("answered") / "run", synthetic_cache, "trainer.max_epochs=2")
 
 
 def copied_run(trained: RunSummary, tmp_path: Path) -> Path:
     """A copy of the trained run dir to tamper with."""
-    return Path(shutil.copytree(trained.run_dir, tmp_path / "copied-run"))
+    return Path(copy_run(trained, tmp_path / "copied-run").run_dir)
 
 
 def small_folder(root: Path, synthetic_root: Path, per_class: int) -> Path:
@@ -239,12 +233,12 @@ def interrupt_while_scoring(*args: object, **kwargs: object) -> None:
     raise AssertionError("SIGTERM did not stop the command")
 
 
-def test_sigterm_to_evaluate_logs_what_it_interrupted(trained: RunSummary, tmp_path: Path,
+def test_sigterm_to_evaluate_logs_what_it_interrupted(trained_copy: RunSummary, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr("bcd.evaluate.score_loader", interrupt_while_scoring)
     with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as stopped:
-        run_evaluate(tmp_path, f"ckpt_path={trained.checkpoints.last}", "shift=none", "wandb=false")
+        run_evaluate(tmp_path, f"ckpt_path={trained_copy.checkpoints.last}", "shift=none", "wandb=false")
     assert stopped.value.code == 143
     assert "interrupted (SIGTERM) while scoring the test split (0 of 3 done): bcd.evaluate did not finish" in caplog.text
     assert not (tmp_path / "report" / "metrics.json").exists()
@@ -283,12 +277,12 @@ def test_a_temperature_is_not_fitted_on_a_val_split_with_too_few_errors() -> Non
     assert MIN_VAL_ERRORS == 3
 
 
-def test_evaluate_says_why_no_temperature_was_fitted(trained: RunSummary, tmp_path: Path,
+def test_evaluate_says_why_no_temperature_was_fitted(trained_copy: RunSummary, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from bcd.evaluation import calibration
 
     monkeypatch.setattr(calibration, "MIN_VAL_ERRORS", 10**6)  # whatever the tiny model gets wrong is too few
-    result, out = run_evaluate(tmp_path, f"ckpt_path={trained.checkpoints.last}", "shift=none", "wandb=false")
+    result, out = run_evaluate(tmp_path, f"ckpt_path={trained_copy.checkpoints.last}", "shift=none", "wandb=false")
     assert result["calibration"]["temperature"] is None
     assert result["calibration"]["temperature_status"].startswith("not identified:")
     assert json.loads((out / "calibration.json").read_text())["temperature_status"].startswith("not identified:")
@@ -329,8 +323,8 @@ def test_the_occlusion_check_flags_a_model_that_reads_a_corner_stamp(tmp_path: P
     assert result["drop"]["value"] == 0.5 and result["drop"]["low"] > 0 and result["flagged"]
 
 
-def test_evaluate_reports_the_occlusion_check(trained: RunSummary, tmp_path: Path) -> None:
-    result, out = run_evaluate(tmp_path, f"ckpt_path={trained.checkpoints.last}", "shift=none", "wandb=false")
+def test_evaluate_reports_the_occlusion_check(trained_copy: RunSummary, tmp_path: Path) -> None:
+    result, out = run_evaluate(tmp_path, f"ckpt_path={trained_copy.checkpoints.last}", "shift=none", "wandb=false")
     occlusion = result["occlusion"]
     assert set(occlusion) >= {"corners", "elsewhere", "drop", "flagged"}
     assert occlusion["drop"]["low"] <= occlusion["drop"]["value"] <= occlusion["drop"]["high"]

@@ -4,6 +4,7 @@ trial killed by a signal and go on."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -34,7 +35,7 @@ def test_the_largest_divisor_of_the_batch_that_fits_is_chosen() -> None:
 
 def test_a_budget_too_small_for_one_image_is_a_clear_error() -> None:
     with pytest.raises(MemoryError, match=r"b6 at 528 px: even a micro-batch of 1 needs about 0.11 GiB, over the budget"
-                                          r" of 0.05 GiB; .*trainer.memory_budget"):
+                                          r" of 0.05 GiB; set micro_batch=N or memory_budget"):
         choose_micro_batch(32, lambda m: (100 + 10 * m) * MIB, 50 * MIB, "b6 at 528 px")
 
 
@@ -105,7 +106,7 @@ def test_micro_batches_with_accumulation_train_the_effective_batch(train_run, mo
     """A small budget splits the batch of 32 into micro-batches of 8; one optimizer step moves the weights of a model
     without BatchNorm (GroupNorm), dropout, augmentation or class weights exactly as the whole batch does."""
     monkeypatch.setattr(memory, "probe_peak", linear_peak())
-    split = train_run(*GRADIENT_RUN, "micro_batch=auto", "trainer.memory_budget=0.2")  # 205 MiB: 8 images fit
+    split = train_run(*GRADIENT_RUN, "micro_batch=auto", "memory_budget=0.2")  # 205 MiB: 8 images fit
     whole = train_run(*GRADIENT_RUN, "micro_batch=32")
     assert (split.memory["micro_batch"], split.memory["accumulate"]) == (8, 4)
     assert (whole.memory["micro_batch"], whole.memory["accumulate"]) == (32, 1)
@@ -120,7 +121,9 @@ def test_micro_batches_with_accumulation_train_the_effective_batch(train_run, mo
 def test_training_stops_before_it_starts_when_nothing_fits(train_run, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(memory, "probe_peak", linear_peak())
     with pytest.raises(MemoryError, match=r"test_efficientnet.* at 48 px .*even a micro-batch of 1"):
-        train_run("micro_batch=auto", "trainer.memory_budget=0.05")
+        train_run("micro_batch=auto", "trainer.memory_budget=0.05")  # the budget's earlier name still works
+    with pytest.raises(ConfigError, match=r"memory_budget=0.5 and trainer.memory_budget=0.05 differ"):
+        train_run("micro_batch=auto", "memory_budget=0.5", "trainer.memory_budget=0.05")
 
 
 class FakeTrainer:
@@ -147,11 +150,12 @@ def test_on_a_gpu_running_out_of_memory_halves_the_micro_batch_once(monkeypatch:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(fitting, "fit", fit_once)
-    datamodule = type("Loaders", (), {"batch_size": 16})()
+    datamodule = type("Loaders", (), {"batch_size": 32, "micro_batch": 16})()
     plan = MicroBatchPlan(32, 16, 2, 8 * GIB, 7 * GIB, {"1": 1, "2": 2})
     with caplog.at_level(logging.WARNING):
         trainer, used = fit_in_memory(FakeTrainer, model, datamodule, plan, None, tmp_path, True, "b6 at 528 px")
-    assert attempts == [16, 8] and (used.micro_batch, used.accumulate) == (8, 4) and datamodule.batch_size == 8
+    assert attempts == [16, 8] and (used.micro_batch, used.accumulate) == (8, 4)
+    assert (datamodule.micro_batch, datamodule.batch_size) == (8, 32)  # the batch keeps meaning the effective batch
     assert "out of memory at micro-batch 16 in the first steps; retrying once at 8" in caplog.text
     torch.testing.assert_close(model.weight, before["weight"] + 1.0)  # the retry started from the initial weights
     with pytest.raises(MemoryError, match=r"b6 at 528 px: out of memory at micro-batch 16 \(memory budget 8.00 GiB\)"):
@@ -163,23 +167,27 @@ def test_on_a_gpu_running_out_of_memory_halves_the_micro_batch_once(monkeypatch:
     assert attempts == [16]
 
 
-def test_every_ddp_rank_trains_with_rank_zeros_micro_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rank 0 plans; a DDP rank started after it takes its micro-batch instead of measuring free memory of its own."""
+def test_every_ddp_rank_trains_with_rank_zeros_micro_batch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Rank 0 plans and writes its plan to the run dir; a DDP rank started after it in the same run dir reads it instead
+    of measuring free memory of its own (no environment variable carries it)."""
+    import os
+
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     from bcd.models import fitting
 
-    monkeypatch.delenv(fitting.MICRO_BATCH_ENV, raising=False)
-    planned = fitting.same_plan_on_every_rank(lambda: MicroBatchPlan(32, 8, 4, GIB, GIB // 2, {}), 32)
-    assert planned.micro_batch == 8
+    before = dict(os.environ)
+    plan = MicroBatchPlan(32, 8, 4, GIB, GIB // 2, {"1": 100, "2": 200})
+    assert fitting.same_plan_on_every_rank(lambda: plan, tmp_path) == plan
+    assert json.loads((tmp_path / "memory_plan.json").read_text())["micro_batch"] == 8 and dict(os.environ) == before
     monkeypatch.setattr(rank_zero_only, "rank", 1)
-    other = fitting.same_plan_on_every_rank(lambda: pytest.fail("rank 1 must not plan"), 32)
-    assert (other.micro_batch, other.accumulate) == (8, 4)
+    assert fitting.same_plan_on_every_rank(lambda: pytest.fail("rank 1 must not plan"), tmp_path) == plan
 
 
 def test_a_wrong_micro_batch_or_budget_stops_bcd_train_before_any_data_is_read(tmp_path: Path) -> None:
     from tests.helpers.cli import run_cli
 
-    for override, key in (("micro_batch=5", "micro_batch"), ("trainer.memory_budget=-1", "trainer.memory_budget")):
+    for override, key in (("micro_batch=5", "micro_batch"), ("memory_budget=-1", "memory_budget"),
+                          ("trainer.memory_budget=-1", "memory_budget")):
         result = run_cli(["bcd.train", "dataset.root=/nowhere", "dataset=folder", override], cwd=tmp_path)
         assert result.returncode != 0 and f"ConfigError: {key}: " in result.stderr, override  # not the missing folder

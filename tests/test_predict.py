@@ -19,16 +19,6 @@ from tests.helpers.configs import IMG
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_cache: Path) -> RunSummary:
-    """A tiny model trained for one epoch with CSV logging."""
-    from bcd.train import train
-    from tests.helpers.configs import compose_train, tiny_overrides
-
-    out = tmp_path_factory.mktemp("trained")
-    return train(compose_train([*tiny_overrides(synthetic_cache), f"paths.output_dir={out}"]))
-
-
-@pytest.fixture(scope="module")
 def new_images(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path) -> Path:
     """A folder of unseen images: three JPEGs of other sizes, one PNG (in a subfolder) and one corrupt JPEG."""
     folder = tmp_path_factory.mktemp("new-images")

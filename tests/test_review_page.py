@@ -15,15 +15,9 @@ from PIL import Image
 
 from bcd.runs import RunSummary
 from tests.helpers.browser import open_page
-from tests.helpers.commands import read_rows, run_evaluate, run_predict, train_tiny
+from tests.helpers.commands import read_rows, run_evaluate, run_predict
 
 SCRIPT_NAME = "<script>x<img src=x onerror=window.hacked=1>.jpg"  # markup that would run if injected
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_cache: Path) -> RunSummary:
-    """A tiny model trained for two epochs."""
-    return train_tiny(tmp_path_factory.mktemp("trained") / "run", synthetic_cache, "trainer.max_epochs=2")
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,9 @@ import pytest
 from bcd.runs import RUN_CLAIM, RunSummary, claim_run_dir
 from bcd.utils.errors import ConfigError
 from tests.helpers.cli import run_cli, run_dirs
-from tests.helpers.commands import run_evaluate, run_predict, train_tiny
+from tests.helpers.commands import run_evaluate, run_predict
 from tests.helpers.configs import tiny_overrides
 from tests.helpers.paths import REPO
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_cache: Path) -> RunSummary:
-    """A tiny model trained for one epoch."""
-    return train_tiny(tmp_path_factory.mktemp("trained") / "run", synthetic_cache)
 
 
 def test_no_command_writes_inside_the_data_folder(train_run, trained: RunSummary, image_folder: Path) -> None:

@@ -5,7 +5,6 @@ function is never called. Checkpoints of earlier bcd versions (which stored `_ta
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +16,7 @@ from bcd.models.checkpoints import CheckpointError
 from bcd.models.registry import StoredConfigError
 from bcd.runs import RunSummary
 from bcd.utils.stored import StoredFileError
-from tests.helpers.commands import run_evaluate, run_export, run_predict, train_tiny
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_cache: Path) -> RunSummary:
-    """A tiny model trained for one epoch."""
-    return train_tiny(tmp_path_factory.mktemp("trained") / "run", synthetic_cache)
+from tests.helpers.commands import copy_run, run_evaluate, run_export, run_predict
 
 
 @pytest.fixture
@@ -37,9 +30,9 @@ def call(canary: Path) -> dict[str, Any]:
     return {"_target_": "os.makedirs", "name": str(canary)}
 
 
-def copy_run(trained: RunSummary, tmp_path: Path) -> Path:
+def copied_run_dir(trained: RunSummary, tmp_path: Path) -> Path:
     """A copy of the trained run dir to tamper with."""
-    return Path(shutil.copytree(trained.run_dir, tmp_path / "copied-run"))
+    return Path(copy_run(trained, tmp_path / "copied-run").run_dir)
 
 
 def tamper_checkpoint(run_dir: Path, change: Any) -> Path:
@@ -79,7 +72,7 @@ FIELDS = {
 @pytest.mark.parametrize("field", FIELDS)
 def test_a_checkpoint_field_cannot_call_a_function(field: str, trained: RunSummary, synthetic_root: Path,
                                                    tmp_path: Path, canary: Path) -> None:
-    checkpoint = tamper_checkpoint(copy_run(trained, tmp_path), lambda hp: FIELDS[field](hp, canary))
+    checkpoint = tamper_checkpoint(copied_run_dir(trained, tmp_path), lambda hp: FIELDS[field](hp, canary))
     for name, command in commands(tmp_path, checkpoint, synthetic_root / "Pro").items():
         with pytest.raises(StoredConfigError, match="hyper_parameters") as error:
             command()
@@ -101,7 +94,7 @@ class Calls:
 
 def test_a_checkpoint_that_is_a_malicious_pickle_is_refused(trained: RunSummary, synthetic_root: Path,
                                                            tmp_path: Path, canary: Path) -> None:
-    run_dir = copy_run(trained, tmp_path)
+    run_dir = copied_run_dir(trained, tmp_path)
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"payload": Calls(canary)}}, checkpoint)
     for command in commands(tmp_path, checkpoint, synthetic_root / "Pro").values():
@@ -138,7 +131,7 @@ def test_weights_may_not_name_a_callable_of_an_allowed_module(train_run, tmp_pat
 
 def test_a_run_dir_config_cannot_name_code_for_the_dataset(trained: RunSummary, tmp_path: Path,
                                                            canary: Path) -> None:
-    run_dir = copy_run(trained, tmp_path)
+    run_dir = copied_run_dir(trained, tmp_path)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     for dataset, where in ((call(canary), "dataset._target_"), ({**config["dataset"], "classes": call(canary)},
                                                                "dataset.classes")):
@@ -153,7 +146,7 @@ def test_a_run_dir_config_cannot_name_code_for_the_dataset(trained: RunSummary, 
 
 @pytest.mark.parametrize("key", ["img_size", "dataset", "checkpoints", "tta"])
 def test_a_summary_field_cannot_call_a_function(key: str, trained: RunSummary, tmp_path: Path, canary: Path) -> None:
-    run_dir = copy_run(trained, tmp_path)
+    run_dir = copied_run_dir(trained, tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())
     summary[key] = call(canary) if key != "dataset" else {**summary["dataset"], "root": call(canary)}
     (run_dir / "summary.json").write_text(json.dumps(summary))
@@ -190,7 +183,7 @@ def test_a_checkpoint_of_an_earlier_version_still_loads(trained: RunSummary, syn
                                                         tmp_path: Path) -> None:
     from bcd.models.classifier import load_classifier
 
-    run_dir = copy_run(trained, tmp_path)
+    run_dir = copied_run_dir(trained, tmp_path)
     checkpoint = tamper_checkpoint(run_dir, legacy_hyper_parameters)
     calibration = {"temperature": 1.5, "fitted_on": "val", "checkpoint": str(checkpoint),
                    "ood": {"score": "energy", "threshold": -1.0, "quantile": 0.95, "fitted_on": "val"}}
@@ -205,7 +198,7 @@ def test_a_checkpoint_of_an_earlier_version_still_loads(trained: RunSummary, syn
 
 
 def test_a_legacy_checkpoint_naming_other_code_is_refused(trained: RunSummary, tmp_path: Path, canary: Path) -> None:
-    run_dir = copy_run(trained, tmp_path)
+    run_dir = copied_run_dir(trained, tmp_path)
     checkpoint = tamper_checkpoint(run_dir, lambda hp: hp.__setitem__("loss", {**call(canary), "_partial_": True}))
     with pytest.raises(StoredConfigError, match=r"loss\._target_: 'os.makedirs' is not something bcd builds"):
         run_evaluate(tmp_path, f"ckpt_path={checkpoint}", "shift=none", "wandb=false")

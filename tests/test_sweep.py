@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
+import sqlite3
 from pathlib import Path
 
 import optuna
@@ -38,9 +38,19 @@ GRID = search_space({"trainer": {"accumulate_grad_batches": {"type": "int", "cho
 
 
 def sweep_args(synthetic_cache: Path, sweep_dir: Path, *args: str) -> list[str]:
-    """A tiny sweep's command line: the tiny training overrides, 2 epochs, the sweep in sweep_dir."""
+    """A tiny sweep's command line: the tiny training overrides, 2 epochs, the sweep in sweep_dir, trials in this
+    process (a test of isolation asks for it: sweep.isolate_trials=true; a fresh process per trial costs ~10 s)."""
     train = [*tiny_overrides(synthetic_cache), "trainer.max_epochs=2", "callbacks.early_stopping=null"]
-    return [*train, f"sweep.dir={sweep_dir}", *args]
+    return [*train, f"sweep.dir={sweep_dir}", "sweep.isolate_trials=false", *args]
+
+
+def stop_heartbeat(sweep_dir: Path, trial: optuna.Trial) -> None:
+    """What a killed worker leaves behind: its trial's last heartbeat, an hour old (no waiting for it to go stale)."""
+    storage = make_storage(storage_url(None, sweep_dir), heartbeat_s=1)
+    storage.record_heartbeat(trial._trial_id)
+    with sqlite3.connect(sweep_dir / "study.db") as db:
+        db.execute("UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-1 hour') WHERE trial_id = ?",
+                   (trial._trial_id,))
 
 
 def run(synthetic_cache: Path, sweep_dir: Path, *args: str) -> optuna.Study:
@@ -180,9 +190,7 @@ def test_rerun_resumes_the_study_and_fails_a_killed_workers_trial(
     run(synthetic_cache, sweep_dir, *args, "sweep.n_trials=2")
     # a worker that started trial 2 and was killed: its heartbeat stops
     storage = make_storage(storage_url(None, sweep_dir), heartbeat_s=1)
-    stale = optuna.load_study(study_name="backbones", storage=storage).ask()
-    storage.record_heartbeat(stale._trial_id)
-    time.sleep(3)
+    stop_heartbeat(sweep_dir, optuna.load_study(study_name="backbones", storage=storage).ask())
     study = run(synthetic_cache, sweep_dir, *args, "sweep.n_trials=3")
     assert states(study) == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
     assert [t.number for t in study.trials] == [0, 1, 2, 3]
@@ -266,8 +274,7 @@ def test_a_grid_point_whose_worker_was_killed_is_run_again(synthetic_cache: Path
     storage = make_storage(storage_url(None, sweep_dir), heartbeat_s=1)
     killed = optuna.load_study(study_name="backbones", storage=storage).ask()
     killed.suggest_categorical("model.drop_rate", [0.0, 0.2])
-    storage.record_heartbeat(killed._trial_id)
-    time.sleep(3)
+    stop_heartbeat(sweep_dir, killed)
     study = run(synthetic_cache, sweep_dir, *grid, "sweep.n_trials=2")
     finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert sorted(t.params["model.drop_rate"] for t in finished) == [0.0, 0.2]
@@ -305,7 +312,7 @@ def test_a_trial_killed_by_a_signal_is_recorded_and_the_sweep_goes_on(synthetic_
     kill = ["+callbacks.kill._target_=tests.helpers.crash.SigkillWhenDropRate", "+callbacks.kill.drop_rate=0.1"]
     study = run(synthetic_cache, tmp_path / "sweep", *kill, "sweep=losses", "sweep.sampler=grid", "sweep.n_trials=2",
                 "~sweep.params", "+sweep.params={model:{drop_rate:{type:categorical,choices:[0.1,0.2]}}}",
-                "report=true")
+                "report=true", "sweep.isolate_trials=auto")  # auto: isolated on the CPU
     by_rate = {t.params["model.drop_rate"]: t for t in study.trials}
     killed, survived = by_rate[0.1], by_rate[0.2]
     assert killed.state.name == "FAIL" and "killed by SIGKILL (out of memory?)" in killed.user_attrs["error"]

@@ -30,6 +30,7 @@ def test_cli_run_dir_holds_everything(synthetic_cache: Path, tmp_path: Path) -> 
     assert len(list((run / "wandb").glob("offline-run-*"))) == 1
     summary = RunSummary.read(run / "summary.json")
     assert summary.command.startswith("python -m bcd.train")
+    assert summary.tags == ["transfer"]  # the default recipe's, recorded as train.yaml says
     assert summary.class_names == ["Benign", "Early", "Pre", "Pro"]
     assert 0.0 <= summary.metrics.test["test/acc"] <= 1.0
     assert len(summary.test_confusion_matrix) == 4

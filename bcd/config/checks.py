@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from bcd.models.memory import budget_bytes, given_micro_batch
+from bcd.models.memory import budget_bytes, given_micro_batch, training_budget
 from bcd.utils.errors import ConfigError
 
 
@@ -22,11 +22,12 @@ def _check_audit(cfg: DictConfig) -> None:
 
 
 def _check_memory(cfg: DictConfig) -> None:
-    """micro_batch (auto or a divisor of dataset.batch_size) and trainer.memory_budget (GiB > 0), before any data."""
+    """micro_batch (auto or a divisor of dataset.batch_size) and memory_budget (GiB > 0), before any data."""
     if cfg.get("micro_batch", "auto") != "auto":
         given_micro_batch(cfg.dataset.batch_size, cfg.micro_batch)
-    if cfg.trainer.get("memory_budget") is not None:
-        budget_bytes("cpu", cfg.trainer.memory_budget)
+    budget = training_budget(cfg.get("memory_budget"), cfg.trainer.get("memory_budget"))
+    if budget is not None:
+        budget_bytes("cpu", budget)
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -124,6 +124,9 @@ class SmearDataModule(L.LightningDataModule):
         self.on_bad_file = on_bad_file
         self.cache_images = cache_images
         self.batch_size = batch_size
+        # images per loader batch: the memory plan's micro-batch (bcd.models.memory), set by whoever plans one; the
+        # batch an optimizer step sees stays batch_size
+        self.micro_batch: int | None = None
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.weighted_sampler = weighted_sampler
         self.max_pixels = max_pixels
@@ -297,7 +300,7 @@ class SmearDataModule(L.LightningDataModule):
         sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0)
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=self.loader_batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -310,12 +313,18 @@ class SmearDataModule(L.LightningDataModule):
     def _drop_last(self, items: int, train: bool) -> bool:
         """Whether a loader over `items` images drops its last, incomplete batch: in training, when there is a
         complete one (a last batch of one image breaks BatchNorm)."""
-        return train and items > self.batch_size
+        return train and items > self.loader_batch_size
 
     def train_batches_per_epoch(self, world_size: int = 1) -> int:
         """The batches each rank's training loader yields in an epoch (what Lightning's val_check_interval counts)."""
         items = len(EpochSampler(len(self.split_samples("train")), self.seed, shuffle=True, world_size=world_size))
-        return items // self.batch_size if self._drop_last(items, train=True) else -(-items // self.batch_size)
+        size = self.loader_batch_size
+        return items // size if self._drop_last(items, train=True) else -(-items // size)
+
+    @property
+    def loader_batch_size(self) -> int:
+        """Images per loader batch: the micro-batch when a memory plan set one, else dataset.batch_size."""
+        return self.micro_batch or self.batch_size
 
     def loader(self, split: str) -> DataLoader:
         """An evaluation loader over any split (no shuffling; augmentation only if this module has it)."""

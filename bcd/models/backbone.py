@@ -289,15 +289,13 @@ def set_backbone_frozen(network: Network, frozen: bool) -> None:
 
 
 def backbone_data_config(network: Network) -> dict[str, Any]:
-    """Input size, mean, std and interpolation from the backbone's pretrained config (timm.data.resolve_data_config)."""
+    """Input size, mean and std from the backbone's pretrained config (timm.data.resolve_data_config): the model's own
+    preprocessing (bcd resizes whole images to the input size, so timm's crop and interpolation settings are unused)."""
     cfg = resolve_data_config({}, model=network.backbone)
     return {
         "input_size": tuple(int(v) for v in cfg["input_size"]),
         "mean": tuple(float(v) for v in cfg["mean"]),
         "std": tuple(float(v) for v in cfg["std"]),
-        "interpolation": str(cfg["interpolation"]),
-        "crop_pct": float(cfg["crop_pct"]),
-        "crop_mode": str(cfg.get("crop_mode", "center")),
     }
 
 

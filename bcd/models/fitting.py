@@ -5,8 +5,8 @@ memory runs out in the first steps."""
 from __future__ import annotations
 
 import copy
+import json
 import logging
-import os
 import signal
 import traceback
 from collections.abc import Callable, Mapping
@@ -21,28 +21,31 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from bcd.models.checkpoints import CheckpointError, read_checkpoint
 from bcd.models.classifier import Classifier
-from bcd.models.memory import GIB, MicroBatchPlan, given_micro_batch
+from bcd.models.memory import GIB, MicroBatchPlan
+from bcd.models.registry import checked
 from bcd.utils.errors import ConfigError
-from bcd.utils.stored import short_repr
+from bcd.utils.stored import load_stored_json, short_repr
 
 log = logging.getLogger(__name__)
 
 # an out-of-memory error after this many optimizer steps is not the micro-batch's size (that shows at once)
 FIRST_STEPS = 5
-# rank 0's micro-batch, in the environment Lightning's DDP launcher copies to the processes of the other ranks
-MICRO_BATCH_ENV = "BCD_DDP_MICRO_BATCH"
+# rank 0's plan, in the run dir, where Lightning's DDP launcher starts the other ranks with the same command
+PLAN_FILE = "memory_plan.json"
 # the dtype torch.autocast runs a Lightning precision in (none: full precision)
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
-def same_plan_on_every_rank(make_plan: Callable[[], MicroBatchPlan], batch: int) -> MicroBatchPlan:
-    """Rank 0's plan on every rank: rank 0 plans (make_plan) and leaves its micro-batch in the environment, the other
-    ranks take it as given. Ranks planning on their own could see different free memory, choose different
-    micro-batches, run different numbers of steps and wait on each other for ever."""
-    if rank_zero_only.rank != 0 and MICRO_BATCH_ENV in os.environ:
-        return given_micro_batch(batch, int(os.environ[MICRO_BATCH_ENV]))
+def same_plan_on_every_rank(make_plan: Callable[[], MicroBatchPlan], output_dir: Path) -> MicroBatchPlan:
+    """Rank 0's plan on every rank: rank 0 plans (make_plan) and writes it to the run dir (PLAN_FILE) before the fit
+    starts the other ranks, which read it there. Ranks planning on their own could see different free memory, choose
+    different micro-batches, run different numbers of steps and wait on each other for ever."""
+    path = Path(output_dir) / PLAN_FILE
+    if rank_zero_only.rank != 0:
+        return checked(MicroBatchPlan, load_stored_json(path, "a memory plan"), str(path))
     plan = make_plan()
-    os.environ[MICRO_BATCH_ENV] = str(plan.micro_batch)
+    with path.open("w") as handle:  # a resumed or retried run plans again in its own new run dir
+        json.dump(plan.as_dict(), handle, indent=2)
     return plan
 
 
@@ -100,7 +103,7 @@ class ValidationEveryImages(L.Callback):
         limit = trainer.limit_train_batches
         batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
         interval = validation_interval(self.val_every_images, batches, trainer.accumulate_grad_batches,
-                                       datamodule.batch_size * trainer.world_size)
+                                       datamodule.loader_batch_size * trainer.world_size)
         if interval is not None:
             trainer.val_check_interval = interval
             trainer.check_val_every_n_epoch = 1
@@ -179,7 +182,7 @@ def fit_in_memory(build_trainer: Callable[[MicroBatchPlan], L.Trainer], model: C
         budget = f"{plan.budget_bytes / GIB:.2f} GiB" if plan.budget_bytes else "none (micro_batch given)"
         if initial is None or trainer.world_size > 1 or trainer.global_step >= FIRST_STEPS or ckpt_path:
             raise MemoryError(f"{what}: out of memory at micro-batch {plan.micro_batch} (memory budget {budget}); set "
-                              "micro_batch to a smaller divisor of dataset.batch_size, or lower trainer.memory_budget so "
+                              "micro_batch to a smaller divisor of dataset.batch_size, or lower memory_budget so "
                               "that auto picks one") from error
     smaller = replace(plan, micro_batch=plan.micro_batch // 2, accumulate=plan.accumulate * 2,
                       predicted_peak_bytes=None) if plan.batch % (plan.micro_batch // 2) == 0 else None
@@ -190,7 +193,7 @@ def fit_in_memory(build_trainer: Callable[[MicroBatchPlan], L.Trainer], model: C
                 "the same run dir", what, plan.micro_batch, smaller.micro_batch, smaller.accumulate)
     torch.cuda.empty_cache()
     model.load_state_dict(initial)
-    datamodule.batch_size = smaller.micro_batch
+    datamodule.micro_batch = smaller.micro_batch
     trainer = build_trainer(smaller)
     fit(trainer, model, datamodule, ckpt_path, output_dir)
     return trainer, smaller

@@ -5,7 +5,7 @@ once the model is built (reset_peak_memory), a straight line through the two, an
 divides the batch and fits the budget.
 
 The budget is BUDGET_FRACTION of the memory this process may use (RAM on the CPU, the device's free memory on a
-GPU), or trainer.memory_budget GiB. The measured peaks are kept in <paths.cache_dir>/memory/, keyed by everything
+GPU), or `memory_budget` GiB. The measured peaks are kept in <paths.cache_dir>/memory/, keyed by everything
 they depend on, so that a second run of the same model and size does not measure again.
 """
 
@@ -87,7 +87,16 @@ def _read_int(path: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def budget_bytes(device: str, memory_budget_gib: float | None, key: str = "trainer.memory_budget") -> int:
+def training_budget(memory_budget: float | None, trainer_memory_budget: float | None) -> float | None:
+    """The GiB a training run plans with: memory_budget, or trainer.memory_budget (its earlier name; both set to
+    different values is an error naming them)."""
+    if memory_budget is not None and trainer_memory_budget is not None and memory_budget != trainer_memory_budget:
+        raise ConfigError(f"memory_budget={memory_budget} and trainer.memory_budget={trainer_memory_budget} differ; "
+                          "set memory_budget only (trainer.memory_budget is its earlier name)")
+    return memory_budget if memory_budget is not None else trainer_memory_budget
+
+
+def budget_bytes(device: str, memory_budget_gib: float | None, key: str = "memory_budget") -> int:
     """memory_budget_gib GiB (the config's `key`), or BUDGET_FRACTION of what is available now."""
     if memory_budget_gib is not None:
         if isinstance(memory_budget_gib, bool) or not isinstance(memory_budget_gib, (int, float)) \
@@ -98,7 +107,7 @@ def budget_bytes(device: str, memory_budget_gib: float | None, key: str = "train
 
 
 def choose_micro_batch(batch: int, peak: Callable[[int], int], budget: int, what: str, divides: bool = True,
-                       budget_key: str = "trainer.memory_budget") -> MicroBatchPlan:
+                       budget_key: str = "memory_budget") -> MicroBatchPlan:
     """The largest micro-batch (a divisor of `batch` when `divides`: accumulated micro-batches must make up the batch)
     whose predicted peak (a line through peak(1) and peak(2)) fits `budget`; an error naming `what` (model, image
     size), the budget and `budget_key` when not even 1 fits."""
@@ -132,7 +141,7 @@ def plan_micro_batches(micro_batch: int | str, batch: int, hparams: Mapping[str,
         return given_micro_batch(batch, micro_batch)
     what = f"{hparams['model']['name']} at {img_size} px ({precision}, {device})"
     hparams = memory_relevant(hparams)
-    key = "memory_budget" if mode == "inference" else "trainer.memory_budget"
+    key = "memory_budget"
     plan = choose_micro_batch(
         batch, lambda m: probe_peak(hparams, img_size, m, device, precision, mode, cache_dir),
         budget_bytes(device, memory_budget_gib, key), what, divides=mode != "inference", budget_key=key)
@@ -180,7 +189,7 @@ def probe_peak(hparams: Mapping[str, Any], img_size: int, micro: int, device: st
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     peak = int(measured["peak_bytes"])
     if not measured["restarted"]:
-        setting = "batch_size=N or memory_budget" if mode == "inference" else "micro_batch=N or trainer.memory_budget"
+        setting = "batch_size=N or memory_budget" if mode == "inference" else "micro_batch=N or memory_budget"
         log.warning("could not restart the peak-memory count after building the model (not Linux?): the measured "
                     "step may be hidden under that peak and the batch chosen too large; set %s if it is", setting)
     if cached is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING as MISSING_VALUE
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any
@@ -162,13 +162,6 @@ def spec(group: str, stored: Mapping[str, Any] | None, where: str) -> Any:
     return checked(entries[name].schema, values, where)
 
 
-def mapping(stored: Any, where: str) -> dict[str, Any]:
-    """A stored section that must be a mapping, as a dict (or an error naming the key)."""
-    if not isinstance(stored, Mapping):
-        raise StoredConfigError(f"{where}: expected a mapping, got {type(stored).__name__}")
-    return dict(stored)
-
-
 def arguments_with_name(config: Any) -> dict[str, Any]:
     """A schema instance as the plain dict a checkpoint stores (its name included)."""
     return asdict(config)
@@ -189,8 +182,3 @@ def build(group: str, config: Any, *args: Any, **kwargs: Any) -> Any:
 def build_named(group: str, stored: Mapping[str, Any] | None, where: str, *args: Any, **kwargs: Any) -> Any:
     """build() of the checked spec() of a stored or configured `{"name": ..., fields}` (where: its config key)."""
     return build(group, spec(group, stored, where), *args, **kwargs)
-
-
-def names(group: str) -> Iterable[str]:
-    """The names a group's config may have."""
-    return sorted(REGISTRY[group])

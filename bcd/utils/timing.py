@@ -53,8 +53,9 @@ class EpochTimeEstimate(L.Callback):
 
 def images_trained(trainer: L.Trainer) -> int:
     """Training images seen so far, counted in effective batches: optimizer steps x the micro-batches accumulated per
-    step x the images of a micro-batch (the datamodule's batch_size) x the processes."""
-    return trainer.global_step * trainer.accumulate_grad_batches * trainer.datamodule.batch_size * trainer.world_size
+    step x the images of a micro-batch (the datamodule's loader batch) x the processes."""
+    return (trainer.global_step * trainer.accumulate_grad_batches * trainer.datamodule.loader_batch_size
+            * trainer.world_size)
 
 
 class TrainingClock(L.Callback):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +49,17 @@ def read_rows(path: Path) -> list[dict]:
     """The rows of a CSV file."""
     with path.open(newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def copy_run(summary: Any, dest: Path) -> Any:
+    """A copy of a trained run's dir at dest and its RunSummary pointing there: for a test that writes into a run dir
+    (evaluating a run's own data keeps its calibration beside the checkpoint) or tampers with one, so that the
+    session's shared run stays as trained."""
+    run_dir = Path(shutil.copytree(summary.run_dir, dest))
+
+    def moved(path: str) -> str:
+        return str(run_dir / Path(path).relative_to(summary.run_dir)) if path else path
+
+    checkpoints = replace(summary.checkpoints, best=moved(summary.checkpoints.best),
+                          last=moved(summary.checkpoints.last))
+    return replace(summary, run_dir=str(run_dir), checkpoints=checkpoints)
