@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from bcd.models.schedulers import cosine_with_warmup, reduce_on_plateau
-from bcd.models.specs import PlateauConfig
+from bcd.models.schedulers import CosineConfig, PlateauConfig, cosine_with_warmup, reduce_on_plateau
 
 BASE_LR = 3e-4
 
@@ -49,7 +48,8 @@ def test_cosine_with_warmup_matches_the_lambda_lr_it_replaced(
     total_steps: int, steps_per_epoch: int, warmup_epochs: float, min_lr_ratio: float
 ) -> None:
     optimizer = sgd()
-    schedule = cosine_with_warmup(optimizer, total_steps, steps_per_epoch, warmup_epochs, min_lr_ratio)
+    config = CosineConfig(warmup_epochs=warmup_epochs, min_lr_ratio=min_lr_ratio)
+    schedule = cosine_with_warmup(config, optimizer, total_steps, steps_per_epoch)
     assert schedule["interval"] == "step"
     used = []
     for _ in range(total_steps):
@@ -66,14 +66,15 @@ def test_cosine_with_warmup_matches_the_lambda_lr_it_replaced(
 def test_cosine_with_warmup_resumes_where_it_stopped() -> None:
     """A run resumed from a checkpoint restores optimizer and scheduler state and goes on with the same lrs."""
     args = (50, 10, 1.5, 0.01)
+    config = CosineConfig(warmup_epochs=1.5, min_lr_ratio=0.01)
     optimizer = sgd()
-    scheduler = cosine_with_warmup(optimizer, *args)["scheduler"]
+    scheduler = cosine_with_warmup(config, optimizer, 50, 10)["scheduler"]
     used = []
     for step in range(50):
         if step == 20:  # "kill" the run and resume it from its state dicts
             optimizer_state, scheduler_state = optimizer.state_dict(), scheduler.state_dict()
             optimizer = sgd()
-            scheduler = cosine_with_warmup(optimizer, *args)["scheduler"]
+            scheduler = cosine_with_warmup(config, optimizer, 50, 10)["scheduler"]
             optimizer.load_state_dict(optimizer_state)
             scheduler.load_state_dict(scheduler_state)
         used.append(optimizer.param_groups[0]["lr"])
@@ -84,10 +85,10 @@ def test_cosine_with_warmup_resumes_where_it_stopped() -> None:
 
 
 def test_reduce_on_plateau_steps_every_epoch_on_its_monitor() -> None:
-    assert reduce_on_plateau(sgd(), 100, 10)["monitor"] == PlateauConfig.monitor
+    assert reduce_on_plateau(PlateauConfig(), sgd(), 100, 10)["monitor"] == PlateauConfig.monitor
     optimizer = sgd()
     schedule = reduce_on_plateau(
-        optimizer, 100, 10, monitor="val/macro_f1", mode="max", factor=0.5, patience=0
+        PlateauConfig(monitor="val/macro_f1", mode="max", factor=0.5, patience=0), optimizer, 100, 10
     )
     assert schedule["interval"] == "epoch" and schedule["monitor"] == "val/macro_f1"
     assert isinstance(schedule["scheduler"], ReduceLROnPlateau)

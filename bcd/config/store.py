@@ -1,4 +1,6 @@
-"""The typed schemas under the YAML files: each `_<name>` option of a group is a dataclass (bcd.models.specs,
+"""The typed schemas under the YAML files: each `_<name>` option of a group is a dataclass (bcd.models.specs for the
+model, the schemas registered beside their builders in bcd.models.registry for loss, optimizer, scheduler and
+colour_norm,
 bcd.data.spec) that conf/<group>/<option>.yaml extends, so a default has one home and a mistyped key or a
 value of the wrong type fails when the config is composed."""
 

@@ -13,6 +13,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.utils.class_weight import compute_class_weight
 
 from bcd.data.near_duplicates import near_duplicate_pairs, perceptual_hashes
 from bcd.data.sources import SPLITS, DatasetError, Sample, relative_name
@@ -173,12 +174,13 @@ def check_split_problems(problems: dict[str, list[list[Sample]]], fail_on: Seque
 
 
 def class_weights(labels: Sequence[int], num_classes: int) -> list[float]:
-    """Inverse-frequency weights n / (C * n_c) from the given (training) labels; every class must occur."""
-    counts = np.bincount(np.asarray(labels, dtype=int), minlength=num_classes)
-    if (counts == 0).any():
-        missing = np.flatnonzero(counts == 0).tolist()
+    """Inverse-frequency weights n / (C * n_c) from the given (training) labels (scikit-learn's "balanced"
+    compute_class_weight); every class must occur."""
+    labels = np.asarray(labels, dtype=int)
+    missing = sorted(set(range(num_classes)) - set(labels.tolist()))
+    if missing:
         raise DatasetError(f"dataset: class index(es) {missing} have no training images; add images or classes")
-    return (counts.sum() / (num_classes * counts)).astype(float).tolist()
+    return compute_class_weight("balanced", classes=np.arange(num_classes), y=labels).astype(float).tolist()
 
 
 def write_manifest(path: Path, samples: Sequence[Sample], root: Path) -> None:

@@ -279,7 +279,12 @@ def _load_efficientnet_pytorch(network: Network, source: dict[str, torch.Tensor]
 
 
 def set_backbone_frozen(network: Network, frozen: bool) -> None:
-    """Freeze or unfreeze the backbone: requires_grad off and BatchNorm layers in eval mode while frozen."""
+    """Freeze or unfreeze the backbone: requires_grad off and BatchNorm layers in eval mode while frozen.
+
+    Not Lightning's BackboneFinetuning: it leaves the backbone out of the optimizer until it unfreezes it and then adds
+    it as a new parameter group at a ramped learning rate, which is another recipe than the paper's (frozen base, then
+    every layer at the configured lr) and changes the optimizer state a resumed run must restore. Every parameter is
+    in the optimizer from the start here; a frozen one has no gradient, so the optimizer leaves it as it is."""
     network.backbone_frozen = frozen
     for param in network.backbone.parameters():
         param.requires_grad_(not frozen)

@@ -9,10 +9,14 @@ the model's forward). Each works on float N x 3 x H x W images in 0..255 and ret
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import List  # noqa: UP035 - OmegaConf reads these annotations at run time
 
 import numpy as np
 import torch
 from torch import nn
+
+from bcd.models.registry import register
 
 # sRGB (D65) <-> CIE XYZ, and the D65 white point: the standard constants of every Lab conversion
 _XYZ_FROM_RGB = [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
@@ -86,3 +90,72 @@ class Reinhard(nn.Module):
         mean = lab.mean(dim=(2, 3), keepdim=True)
         std = lab.std(dim=(2, 3), keepdim=True).clamp_min(1e-3)
         return lab_to_rgb((lab - mean) / std * self.reference_std + self.reference_mean)
+
+
+@dataclass
+class NoColourNormConfig:
+    """colour_norm=none: the network sees the colours as recorded."""
+
+    name: str = "none"
+
+@dataclass
+class GrayWorldConfig:
+    """colour_norm=gray_world (default): every channel scaled so that its per-image mean becomes `target`."""
+
+    name: str = "gray_world"
+    target: float = 128.0
+
+@dataclass
+class WhitePatchConfig:
+    """colour_norm=white_patch: every channel scaled so that its bright background (this quantile) becomes target."""
+
+    name: str = "white_patch"
+    quantile: float = 0.99
+    target: float = 240.0
+
+@dataclass
+class QuantileBalanceConfig:
+    """colour_norm=quantile_balance: gray-world on a low per-image quantile, which sits in the stained cells."""
+
+    name: str = "quantile_balance"
+    quantile: float = 0.05
+    target: float = 128.0
+
+@dataclass
+class ReinhardConfig:
+    """colour_norm=reinhard: each image's CIE Lab mean and std matched to a reference's (by default the average
+    per-image statistics of 200 images of the Taleqani ALL sample; any smear set will do)."""
+
+    name: str = "reinhard"
+    reference_mean: List[float] = field(default_factory=lambda: [87.4, 2.1, -10.8])  # noqa: UP006
+    reference_std: List[float] = field(default_factory=lambda: [11.5, 9.9, 14.4])  # noqa: UP006
+
+
+@register("colour_norm", NoColourNormConfig)
+def no_colour_norm(config: NoColourNormConfig) -> nn.Module:
+    """colour_norm=none."""
+    return nn.Identity()
+
+
+@register("colour_norm", GrayWorldConfig)
+def gray_world(config: GrayWorldConfig) -> nn.Module:
+    """colour_norm=gray_world."""
+    return ChannelBalance(quantile=None, target=config.target)
+
+
+@register("colour_norm", WhitePatchConfig)
+def white_patch(config: WhitePatchConfig) -> nn.Module:
+    """colour_norm=white_patch."""
+    return ChannelBalance(quantile=config.quantile, target=config.target)
+
+
+@register("colour_norm", QuantileBalanceConfig)
+def quantile_balance(config: QuantileBalanceConfig) -> nn.Module:
+    """colour_norm=quantile_balance."""
+    return ChannelBalance(quantile=config.quantile, target=config.target)
+
+
+@register("colour_norm", ReinhardConfig)
+def reinhard(config: ReinhardConfig) -> nn.Module:
+    """colour_norm=reinhard."""
+    return Reinhard(config.reference_mean, config.reference_std)

@@ -1,12 +1,41 @@
-"""Classification losses taking (logits, target), with optional class weighting for imbalanced data."""
+"""Classification losses taking (logits, target), with optional class weighting for imbalanced data: their schemas
+(loss=...), the modules, and the builders registered by name (bcd.models.registry)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bcd.models.specs import BinaryCrossEntropyConfig, CrossEntropyConfig, FocalConfig
+from bcd.models.registry import register
+
+
+@dataclass
+class CrossEntropyConfig:
+    """loss=ce|weighted_ce|label_smoothing: softmax cross-entropy (task=multiclass)."""
+
+    name: str = "ce"
+    # weight each class by its inverse frequency in the train split
+    weighted: bool = False
+    label_smoothing: float = 0.0
+
+@dataclass
+class FocalConfig:
+    """loss=focal: down-weights easy examples (task=multiclass or binary)."""
+
+    name: str = "focal"
+    weighted: bool = False
+    gamma: float = 2.0
+
+@dataclass
+class BinaryCrossEntropyConfig:
+    """loss=bce: sigmoid cross-entropy on one logit (task=binary, the paper's loss); weighted sets pos_weight."""
+
+    name: str = "bce"
+    weighted: bool = False
+
 
 _BINARY_HINT = "loss=ce needs task=multiclass; use loss=bce (or focal) with task=binary"
 _MULTICLASS_HINT = "loss=bce needs task=binary (one output)"
@@ -170,3 +199,21 @@ class BinaryCrossEntropyLoss(_WeightedLoss):
         weights = self._weights(2)
         pos_weight = None if weights is None else weights[1] / weights[0]
         return F.binary_cross_entropy_with_logits(logits, target_f, pos_weight=pos_weight)
+
+
+@register("loss", CrossEntropyConfig)
+def cross_entropy(config: CrossEntropyConfig, class_weights: Tensor | None = None) -> CrossEntropyLoss:
+    """loss=ce (weighted_ce, label_smoothing)."""
+    return CrossEntropyLoss(class_weights, weighted=config.weighted, label_smoothing=config.label_smoothing)
+
+
+@register("loss", FocalConfig)
+def focal(config: FocalConfig, class_weights: Tensor | None = None) -> FocalLoss:
+    """loss=focal."""
+    return FocalLoss(class_weights, weighted=config.weighted, gamma=config.gamma)
+
+
+@register("loss", BinaryCrossEntropyConfig)
+def binary_cross_entropy(config: BinaryCrossEntropyConfig, class_weights: Tensor | None = None) -> BinaryCrossEntropyLoss:
+    """loss=bce."""
+    return BinaryCrossEntropyLoss(class_weights, weighted=config.weighted)

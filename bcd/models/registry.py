@@ -1,7 +1,7 @@
 """Names -> code: the losses, optimizers, schedules and colour normalisations a config or a checkpoint may name.
 
 A checkpoint stores plain values: `{"name": "ce", "weighted": false, ...}`. Rebuilding a model looks the name
-up here and checks every stored field against the entry's schema (bcd.models.specs), so nothing read from
+up here and checks every stored field against the entry's schema (which lives beside its builder), so nothing read from
 disk can name a function to call. Checkpoints written before names were recorded hold `_target_` strings;
 the few that bcd itself wrote are mapped to their names (LEGACY_TARGETS), anything else is refused.
 """
@@ -15,14 +15,8 @@ from dataclasses import MISSING as MISSING_VALUE
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any
 
-import torch
 from omegaconf import MISSING as OMEGACONF_MISSING
-from torch import nn
 
-from bcd.models import specs
-from bcd.models.colour_norm import ChannelBalance, Reinhard
-from bcd.models.losses import BinaryCrossEntropyLoss, CrossEntropyLoss, FocalLoss
-from bcd.models.schedulers import cosine_with_warmup, reduce_on_plateau
 from bcd.utils.stored import short_repr
 
 
@@ -30,38 +24,38 @@ class StoredConfigError(ValueError):
     """A stored or configured value that names nothing bcd knows, or does not fit its schema; names the key."""
 
 
+Builder = Callable[..., Any]
+
+
 @dataclass(frozen=True)
 class Entry:
-    """One name of a group: its schema and what builds it from the schema's fields."""
+    """One name of a group: its schema and the function that builds it from a schema instance."""
 
     schema: type
-    build: Callable[..., Any] | None
+    build: Builder
 
 
-REGISTRY: dict[str, dict[str, Entry]] = {
-    "loss": {
-        "ce": Entry(specs.CrossEntropyConfig, CrossEntropyLoss),
-        "focal": Entry(specs.FocalConfig, FocalLoss),
-        "bce": Entry(specs.BinaryCrossEntropyConfig, BinaryCrossEntropyLoss),
-    },
-    "optimizer": {
-        "adam": Entry(specs.AdamConfig, torch.optim.Adam),
-        "adamw": Entry(specs.AdamWConfig, torch.optim.AdamW),
-        "sgd": Entry(specs.SGDConfig, torch.optim.SGD),
-    },
-    "scheduler": {
-        "none": Entry(specs.NoScheduleConfig, None),
-        "cosine": Entry(specs.CosineConfig, cosine_with_warmup),
-        "plateau": Entry(specs.PlateauConfig, reduce_on_plateau),
-    },
-    "colour_norm": {
-        "none": Entry(specs.NoColourNormConfig, nn.Identity),
-        "gray_world": Entry(specs.GrayWorldConfig, lambda target: ChannelBalance(quantile=None, target=target)),
-        "white_patch": Entry(specs.WhitePatchConfig, ChannelBalance),
-        "quantile_balance": Entry(specs.QuantileBalanceConfig, ChannelBalance),
-        "reinhard": Entry(specs.ReinhardConfig, Reinhard),
-    },
-}
+GROUPS = ("loss", "optimizer", "scheduler", "colour_norm")
+# filled by @register where each builder is defined (bcd.models.losses, optimizers, schedulers, colour_norm, and any
+# module that adds one); the imports at the end of this module register bcd's own
+REGISTRY: dict[str, dict[str, Entry]] = {group: {} for group in GROUPS}
+
+
+def register(group: str, schema: type) -> Callable[[Builder], Builder]:
+    """Decorator of a builder: it builds `group`'s option named by `schema`'s `name` default from an instance of
+    `schema` (plus what only the code knows: an optimizer's parameters, a loss's class weights, a schedule's step
+    counts). Adding an option is this function, its schema beside it, and conf/<group>/<name>.yaml."""
+    name = getattr(schema, "name", None)
+    if group not in REGISTRY or not isinstance(name, str):
+        raise ValueError(f"register({group!r}, {schema.__name__}): the group must be one of {list(GROUPS)} and the "
+                         "schema must have a `name` field with a default")
+
+    def decorate(build: Builder) -> Builder:
+        REGISTRY[group][name] = Entry(schema, build)
+        return build
+
+    return decorate
+
 
 # The `_target_` strings that checkpoints of earlier bcd versions hold, and the names they mean.
 LEGACY_TARGETS = {
@@ -167,18 +161,16 @@ def arguments_with_name(config: Any) -> dict[str, Any]:
     return asdict(config)
 
 
-def arguments(config: Any) -> dict[str, Any]:
-    """A schema instance's fields as keyword arguments of what builds it (without its name)."""
-    return {key: value for key, value in asdict(config).items() if key != "name"}
-
-
 def build(group: str, config: Any, *args: Any, **kwargs: Any) -> Any:
-    """Build a group's entry from its checked config; extra arguments are what only the code knows (the class
-    weights of a loss, the parameters of an optimizer, the step counts of a schedule). None for no schedule."""
-    entry = REGISTRY[group][config.name]
-    return None if entry.build is None else entry.build(*args, **kwargs, **arguments(config))
+    """Build a group's entry from its checked config (a schema instance); extra arguments are what only the code
+    knows (the class weights of a loss, the parameters of an optimizer, the step counts of a schedule)."""
+    return REGISTRY[group][config.name].build(config, *args, **kwargs)
 
 
 def build_named(group: str, stored: Mapping[str, Any] | None, where: str, *args: Any, **kwargs: Any) -> Any:
     """build() of the checked spec() of a stored or configured `{"name": ..., fields}` (where: its config key)."""
     return build(group, spec(group, stored, where), *args, **kwargs)
+
+
+# bcd's own options register themselves where they are defined (imported last: they import `register` from here)
+from bcd.models import colour_norm, losses, optimizers, schedulers  # noqa: E402, F401
