@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from bcd.bench.measure import peak_memory
+from bcd.bench.measure import recording_peak_rss
 
 
 def fit_config(cfg: DictConfig, out_dir: Path, device: str, precision: str, epochs: int | None) -> DictConfig:
@@ -33,7 +33,7 @@ def _train(cfg: DictConfig, out_dir: Path, device: str, precision: str, epochs: 
 
     out_dir.mkdir(parents=True)
     record: dict[str, Any] = {"device": device, "precision": precision}
-    with peak_memory(record):
+    with recording_peak_rss(record):
         summary = train(fit_config(cfg, out_dir, device, precision, epochs))
     return summary, record
 

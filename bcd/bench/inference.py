@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from bcd.bench.measure import median_rate, peak_memory
+from bcd.bench.measure import median_rate, recording_peak_rss
 from bcd.config.checks import to_plain
 from bcd.inference.export import ExportedClassifier, export_onnx
 from bcd.inference.runners import OnnxRunner
@@ -83,7 +83,7 @@ def inference_section(cfg: DictConfig, class_names: list[str], device: str, prec
             log.warning("inference %s: %s", name, run)
             continue
         record: dict[str, Any] = {"batches": {}}
-        with peak_memory(record):
+        with recording_peak_rss(record):
             for batch, images in inputs.items():
                 calls = max(1, cfg.bench.inference_images // batch)
                 timed = median_rate(lambda r=run, x=images, n=calls: [r(x) for _ in range(n)], calls * batch,

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from bcd.bench.measure import median_rate, peak_memory, private_rss_mb, rate_summary
+from bcd.bench.measure import median_rate, recording_peak_rss, private_rss_mb, rate_summary
 from bcd.data.datamodule import SmearDataModule
 from bcd.data.dataset import SmearDataset, build_cache, resize_square
 from bcd.data.decode import read_audited_rgb, read_rgb
@@ -52,7 +52,7 @@ def loader_rate(datamodule: SmearDataModule, dataset: SmearDataset, workers: int
     timed.batch_size = min(datamodule.batch_size, max(1, len(dataset) // (2 * workers)))
     loader = timed.loader("train")
     record: dict[str, Any] = {"workers": workers, "batch_size": timed.batch_size}
-    with peak_memory(record):
+    with recording_peak_rss(record):
         rates = []
         for repeat in range(1 + timing["repeats"]):  # the first pass starts the (persistent) workers
             started = time.perf_counter()

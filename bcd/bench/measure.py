@@ -53,7 +53,7 @@ def private_rss_mb(pid: int | str = "self") -> float | None:
 
 
 @contextmanager
-def peak_memory(record: dict[str, Any]) -> Iterator[None]:
+def recording_peak_rss(record: dict[str, Any]) -> Iterator[None]:
     """Record this process's resident memory before a section and its peak during it (MiB) into `record`."""
     reset = reset_peak_rss()
     before = status_mib("VmRSS") or peak_rss_mib()

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from bcd.bench.fit import whole_fit
-from bcd.bench.measure import median_rate, peak_memory, rate_summary, synchronize
+from bcd.bench.measure import median_rate, recording_peak_rss, rate_summary, synchronize
 from bcd.config.checks import to_plain
 from bcd.models.fitting import AUTOCAST_DTYPES
 from bcd.models.registry import build_named
@@ -55,7 +55,7 @@ def plain_timm_training(
             opt.step()
 
     record: dict[str, Any] = {"channels_last": channels_last, "precision": precision, "device": device}
-    with peak_memory(record):
+    with recording_peak_rss(record):
         record.update(median_rate(steps, timing["steps"] * batch_size, timing["warmup"], timing["repeats"], device))
     record["optimizer_step_ms"] = optimizer_step_ms(net, optimizer, device)
     return record
@@ -156,7 +156,7 @@ def framework_training(cfg: DictConfig, out_dir: Path, device: str, precision: s
     run = framework_config(cfg, out_dir, device, precision)
     record: dict[str, Any] = {"precision": precision, "device": device,
                               "num_workers": run.dataset.num_workers, "cache_images": run.dataset.cache_images}
-    with peak_memory(record):
+    with recording_peak_rss(record):
         train(run)
     times = json.loads((out_dir / "steps.json").read_text())
     timing, batch = cfg.bench.timing, cfg.dataset.batch_size
