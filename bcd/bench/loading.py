@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from bcd.bench.measure import median_rate, recording_peak_rss, private_rss_mb, rate_summary
+from bcd.bench.measure import median_rate, private_rss_mb, rate_summary, recording_peak_rss
 from bcd.data.datamodule import SmearDataModule
 from bcd.data.dataset import SmearDataset, build_cache, resize_square
 from bcd.data.decode import read_audited_rgb, read_rgb

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from bcd.bench.fit import whole_fit
-from bcd.bench.measure import median_rate, recording_peak_rss, rate_summary, synchronize
+from bcd.bench.measure import median_rate, rate_summary, recording_peak_rss, synchronize
 from bcd.config.checks import to_plain
 from bcd.models.fitting import AUTOCAST_DTYPES
 from bcd.models.registry import build_named
