@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from bcd.config.checks import check_config, instantiate_dict, to_plain
 from bcd.config.entry import entry_point
 from bcd.data.colour_range import colour_range
+from bcd.data.transforms import training_augmentation
 from bcd.inference.testing import test_on_one_device
 from bcd.models.backbone import input_size
 from bcd.models.classifier import Classifier, load_classifier
@@ -63,8 +64,8 @@ def train(cfg: DictConfig) -> RunSummary | None:
     L.seed_everything(cfg.seed, workers=True)
 
     img_size = input_size(cfg.model)
-    augment = [instantiate(t) for t in cfg.augmentation.train.values() if t is not None]
-    datamodule = instantiate(cfg.dataset, task=cfg.task.name, img_size=img_size, augment=augment, seed=cfg.seed)
+    augmentation = training_augmentation(cfg.augmentation)
+    datamodule = instantiate(cfg.dataset, task=cfg.task.name, img_size=img_size, seed=cfg.seed, **augmentation)
     if is_main_process():
         # resolved (unlike Hydra's .hydra/config.yaml): what evaluate and later tools read back
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -205,3 +205,23 @@ def test_bench_devices_default_to_what_the_machine_has_and_refuse_the_rest(monke
     assert bench_devices(cfg) == {"cuda": "bf16-mixed"}
     cfg.bench.devices = None
     assert bench_devices(cfg) == {"cpu": "32-true", "cuda": "bf16-mixed"}
+
+
+def test_bench_times_the_step_with_the_augmentation_on_the_cpu_and_on_the_model(synthetic_cache: Path,
+                                                                                 tmp_path: Path) -> None:
+    """bench.augmentation_devices=[cpu, model]: the step with the loader's per-image augmentation and the one with
+    the batched augmentation on the model's device, each against the same raw loops."""
+    from bcd.bench.__main__ import bench
+    from tests.helpers.configs import compose_config
+
+    cfg = compose_config("bench", [*tiny_overrides(synthetic_cache), *TINY_BENCH, "bench.sections=[training]",
+                                   "bench.augmentation_devices=[cpu,model]", "bench.fit_epochs=0", "bench.naive=false",
+                                   f"paths.output_dir={tmp_path / 'bench'}"])
+    cpu = bench(cfg)["training"]["cpu"]
+    assert cpu["framework"]["augmentation"] == "cpu" and cpu["framework_model"]["augmentation"] == "model"
+    (round_,) = cpu["rounds"]
+    assert round_["framework_model_vs_raw"] == pytest.approx(round_["framework_model"] / round_["raw"], abs=1e-3)
+    assert "| cpu | 1 | model |" in (tmp_path / "bench" / "bench.md").read_text()
+    with pytest.raises(ConfigError, match="bench.augmentation_devices"):
+        bench(compose_config("bench", [*tiny_overrides(synthetic_cache), "bench.augmentation_devices=[gpu]",
+                                       f"paths.output_dir={tmp_path / 'bad'}"]))

@@ -26,6 +26,7 @@ from bcd.bench.report import targets, write_markdown
 from bcd.bench.training import training_section
 from bcd.config.checks import check_config, to_plain
 from bcd.config.entry import entry_point
+from bcd.data.transforms import AUGMENTATION_DEVICES, training_augmentation
 from bcd.models.backbone import input_size
 from bcd.runs import command_line
 from bcd.utils.allocator import log_allocator
@@ -56,6 +57,9 @@ def check_bench(bench: DictConfig) -> None:
     unknown = [name for name in bench.sections if name not in SECTIONS]
     if unknown or not bench.sections:
         raise ConfigError(f"bench.sections: {list(bench.sections)} must name one or more of {list(SECTIONS)}")
+    places = list(bench.augmentation_devices)
+    if not places or any(place not in AUGMENTATION_DEVICES for place in places):
+        raise ConfigError(f"bench.augmentation_devices: {places} must name one or more of {list(AUGMENTATION_DEVICES)}")
 
 
 def bench(cfg: DictConfig) -> dict[str, Any]:
@@ -70,9 +74,10 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     if cfg.bench.threads:
         torch.set_num_threads(cfg.bench.threads)
     L.seed_everything(cfg.seed)
-    augment = [instantiate(t) for t in cfg.augmentation.train.values() if t is not None]
-    datamodule = instantiate(cfg.dataset, task=cfg.task.name, img_size=cfg.model.img_size, augment=augment,
-                             seed=cfg.seed)
+    # the loader section times the per-image pipeline of the CPU, wherever the training step augments
+    augmentation = training_augmentation({**to_plain(cfg.augmentation), "device": "cpu"})
+    datamodule = instantiate(cfg.dataset, task=cfg.task.name, img_size=cfg.model.img_size, seed=cfg.seed,
+                             **augmentation)
     datamodule.prepare()
     n_classes = len(datamodule.class_names)
     devices = bench_devices(cfg)

@@ -133,6 +133,8 @@ def _training_lines(results: dict[str, Any]) -> list[str]:
     names = {"raw": "raw timm loop (in-memory tensors)", "framework": "bcd.train (Lightning + datamodule from disk)",
              "naive": "plain loop as users run it (system malloc, no channels_last, own process)"}
     for device, section in results["training"].items():
+        names.update({key: f"bcd.train, augmentation on {key.split('_', 1)[1]}" for key in section
+                      if key.startswith("framework_")})
         for key, name in names.items():
             if key in section:
                 record = section[key]
@@ -145,6 +147,16 @@ def _training_lines(results: dict[str, Any]) -> list[str]:
         for k, r in enumerate(section["rounds"], start=1):
             lines.append(f"| {device} | {k} | {r['framework']:g} | {r['raw']:g} | {r['framework_vs_raw']:g} | "
                          f"{_fmt(r.get('naive'))} | {_fmt(r.get('framework_vs_naive'))} |")
+    alternatives = [(device, k, key[len("framework_"):-len("_vs_raw")], r[key[:-len("_vs_raw")]], r["raw"], r[key])
+                    for device, section in results["training"].items()
+                    for k, r in enumerate(section["rounds"], start=1)
+                    for key in r if key.startswith("framework_") and key.endswith("_vs_raw") and key != "framework_vs_raw"]
+    if alternatives:
+        lines += ["", "The same step with the augmentation elsewhere (augmentation.device), against the same raw loops:",
+                  "", "| device | round | augmentation on | bcd.train | raw | bcd.train / raw |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {device} | {k} | {place} | {rate:g} | {raw:g} | {ratio:g} |"
+                  for device, k, place, rate, raw, ratio in alternatives]
     for device, section in results["training"].items():
         steps = section["raw"].get("optimizer_step_ms", {})
         if steps:

@@ -129,8 +129,10 @@ class StepClock(L.Callback):
         self.path.write_text(json.dumps(self.times))
 
 
-def framework_config(cfg: DictConfig, out_dir: Path, device: str, precision: str) -> DictConfig:
-    """The bench's training config as a short bcd.train run: no loggers, checkpoints, validation or test."""
+def framework_config(cfg: DictConfig, out_dir: Path, device: str, precision: str,
+                     augmentation_device: str = "auto") -> DictConfig:
+    """The bench's training config as a short bcd.train run: no loggers, checkpoints, validation or test; the
+    augmentation where augmentation_device says (augmentation.device)."""
     timing = cfg.bench.timing
     marks = [timing.warmup - 1 + k * timing.steps for k in range(timing.repeats + 1)]
     run = copy.deepcopy(cfg)
@@ -140,6 +142,7 @@ def framework_config(cfg: DictConfig, out_dir: Path, device: str, precision: str
         run.callbacks = {"step_clock": {"_target_": f"{__name__}.StepClock", "path": str(out_dir / "steps.json"),
                                         "marks": marks}}
         run.test = False
+        run.augmentation.device = augmentation_device
         run.trainer.update(accelerator="gpu" if device == "cuda" else "cpu", devices=1, strategy="auto",
                            precision=precision, max_steps=marks[-1] + 1, max_epochs=10_000,
                            limit_train_batches=None, limit_val_batches=0, enable_checkpointing=False,
@@ -148,13 +151,14 @@ def framework_config(cfg: DictConfig, out_dir: Path, device: str, precision: str
     return run
 
 
-def framework_training(cfg: DictConfig, out_dir: Path, device: str, precision: str) -> dict[str, Any]:
+def framework_training(cfg: DictConfig, out_dir: Path, device: str, precision: str,
+                       augmentation_device: str = "auto") -> dict[str, Any]:
     """Images/s of the real bcd.train (Lightning, the real datamodule reading from disk) after warm-up."""
     from bcd.train import train  # the entry point itself, so the bench measures exactly what users run
 
     out_dir.mkdir(parents=True)
-    run = framework_config(cfg, out_dir, device, precision)
-    record: dict[str, Any] = {"precision": precision, "device": device,
+    run = framework_config(cfg, out_dir, device, precision, augmentation_device)
+    record: dict[str, Any] = {"precision": precision, "device": device, "augmentation": augmentation_device,
                               "num_workers": run.dataset.num_workers, "cache_images": run.dataset.cache_images}
     with recording_peak_rss(record):
         train(run)
@@ -181,14 +185,21 @@ def training_section(cfg: DictConfig, n_classes: int, device: str, precision: st
     down for a minute hits both sides of one ratio; the targets take the median ratio over the rounds. A whole fit
     (`fit_epochs` epochs as users run it: loggers, validations, checkpoints) is compared with the steps of its round.
     """
-    rounds = cfg.bench.rounds
+    rounds, (first, *others) = cfg.bench.rounds, list(cfg.bench.augmentation_devices)
     raws, frameworks, naives, fits, ratios = [raw_training(cfg, n_classes, device, precision)], [], [], [], []
+    alternatives: dict[str, list[dict[str, Any]]] = {other: [] for other in others}
     for k in range(rounds):
         suffix = f"-{k + 1}" if rounds > 1 else ""
-        frameworks.append(framework_training(cfg, out_dir / f"framework-{device}{suffix}", device, precision))
+        frameworks.append(framework_training(cfg, out_dir / f"framework-{device}{suffix}", device, precision, first))
+        for other in others:  # the same step with the augmentation elsewhere (augmentation.device)
+            alternatives[other].append(framework_training(cfg, out_dir / f"framework-{device}-{other}{suffix}",
+                                                          device, precision, other))
         raws.append(raw_training(cfg, n_classes, device, precision))
         framework, raw = frameworks[-1]["images_per_s"], _pooled(raws[-2:])["images_per_s"]
         ratio = {"framework": framework, "raw": raw, "framework_vs_raw": round(framework / raw, 3)}
+        for other, records in alternatives.items():
+            ratio.update({f"framework_{other}": records[-1]["images_per_s"],
+                          f"framework_{other}_vs_raw": round(records[-1]["images_per_s"] / raw, 3)})
         if naive:
             naives.append(naive_training(cfg, n_classes))
             if "error" not in naives[-1]:
@@ -198,7 +209,8 @@ def training_section(cfg: DictConfig, n_classes: int, device: str, precision: st
             fits.append(whole_fit(cfg, out_dir / f"fit-{device}{suffix}", device, precision, fit_epochs))
             ratio.update(fit=fits[-1]["images_per_s"], fit_vs_framework=round(fits[-1]["images_per_s"] / framework, 3))
         ratios.append(ratio)
-    section = {"raw": _pooled(raws), "framework": _pooled(frameworks), "rounds": ratios}
+    section = {"raw": _pooled(raws), "framework": _pooled(frameworks), "rounds": ratios,
+               **{f"framework_{other}": _pooled(records) for other, records in alternatives.items()}}
     if naives:
         succeeded = [record for record in naives if "error" not in record]
         section["naive"] = _pooled(succeeded) if succeeded else naives[0]

@@ -15,9 +15,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from bcd.data.batch_augment import BatchAugment
 from bcd.data.dataset import SmearDataset, build_cache
 from bcd.data.integrity import audit_files, format_bad_files
 from bcd.data.proxy_groups import describe_proxy_groups, proxy_group_ids
+from bcd.data.resident import RESIDENT_SHARE, ResidentBatches, resident_bytes, to_device
 from bcd.data.samplers import EpochSampler
 from bcd.data.sources import (
     SPLITS,
@@ -42,6 +44,7 @@ from bcd.data.splits import (
     write_manifest,
 )
 from bcd.data.synthetic import ensure_synthetic_dataset
+from bcd.utils.rss import available_memory
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,7 @@ class SmearDataModule(L.LightningDataModule):
         task: str = "multiclass",
         img_size: int = 224,
         augment: Sequence[A.BasicTransform] = (),
+        batch_augment: BatchAugment | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -137,7 +141,13 @@ class SmearDataModule(L.LightningDataModule):
         self.mask_annotations = mask_annotations
         self.task = task
         self.img_size = img_size
+        if augment and batch_augment is not None:
+            raise ValueError("augment (per image in the loader) and batch_augment (per batch on the device): one only")
         self.augment = A.Compose(list(augment)) if augment else None
+        # augmentation.device=model: training batches leave the loader as uint8 with their images' seeds and are
+        # augmented after the transfer (on_after_batch_transfer), on the device the model trains on
+        self.batch_augment = batch_augment
+        self._resident: torch.Tensor | None = None
         self.seed = seed
         # filled in by prepare()
         self.data_dir: Path | None = None
@@ -279,13 +289,15 @@ class SmearDataModule(L.LightningDataModule):
                 continue
             paths = [s.path for s in samples]
             cache = build_cache(paths, self.img_size, self.max_pixels) if self.cache_images else None
-            augment = self.augment if split == "train" else None
+            train = split == "train"
             self.datasets[split] = SmearDataset(
-                paths, self.targets(split), self.img_size, augment, cache, self.max_pixels
+                paths, self.targets(split), self.img_size, self.augment if train else None, cache, self.max_pixels,
+                with_seed=train and self.batch_augment is not None,
             )
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        """A loader over one split with our epoch-seeded, rank-sharded sampler."""
+    def _loader(self, split: str, train: bool) -> DataLoader | ResidentBatches:
+        """A loader over one split with our epoch-seeded, rank-sharded sampler (the training split resident on the
+        device instead when the augmentation runs there and it fits: bcd.data.resident)."""
         if split not in self.datasets:
             raise DatasetError(f"dataset: the {split} split is empty; check dataset.{split}_fraction or the data")
         dataset = self.datasets[split]
@@ -298,6 +310,10 @@ class SmearDataModule(L.LightningDataModule):
         )
         # Lightning starts (resumed) loader workers before it calls set_epoch, so start at the right epoch
         sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0)
+        resident = self._resident_images(dataset) if train else None
+        if resident is not None:
+            return ResidentBatches(resident, dataset.targets, sampler, self.loader_batch_size,
+                                   self._drop_last(len(sampler), train))
         return DataLoader(
             dataset,
             batch_size=self.loader_batch_size,
@@ -309,6 +325,23 @@ class SmearDataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed),
             drop_last=self._drop_last(len(sampler), train),
         )
+
+    def _resident_images(self, dataset: SmearDataset) -> torch.Tensor | None:
+        """The training images on the model's device, when the augmentation runs there (augmentation.device=model)
+        and they take at most RESIDENT_SHARE of its free memory; None otherwise (the loader serves them)."""
+        if self.batch_augment is None:
+            return None
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if self._resident is None or self._resident.device != device:
+            needed = resident_bytes(len(dataset), self.img_size)
+            if needed > RESIDENT_SHARE * available_memory(str(device)):
+                return None
+            cache = dataset.cache if dataset.cache is not None else build_cache(dataset.paths, self.img_size,
+                                                                                 self.max_pixels)
+            self._resident = to_device(cache, device)
+            log.info("the %d training images (%.2f GiB) stay on %s; batches are indexed there", len(dataset),
+                     needed / 1024**3, device)
+        return self._resident
 
     def _drop_last(self, items: int, train: bool) -> bool:
         """Whether a loader over `items` images drops its last, incomplete batch: in training, when there is a
@@ -337,6 +370,14 @@ class SmearDataModule(L.LightningDataModule):
         if not self.negative_classes:
             return None
         return [i for i, name in enumerate(self.class_names) if name not in self.negative_classes]
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """A training batch with its images' seeds (augmentation.device=model) augmented on the device it has just
+        reached: uint8 in, uint8 out, each image by its own seed; every other batch as it is."""
+        if self.batch_augment is not None and isinstance(batch, list | tuple) and len(batch) == 3:
+            images, targets, seeds = batch
+            return self.batch_augment(images, seeds.tolist()), targets
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         """Training batches: shuffled (or class-balanced), augmented."""

@@ -56,6 +56,7 @@ class SmearDataset(Dataset):
         augment: A.Compose | None = None,
         cache: np.ndarray | None = None,
         max_pixels: int | None = None,
+        with_seed: bool = False,
     ) -> None:
         self.paths = list(paths)
         self.targets = list(targets)
@@ -63,6 +64,8 @@ class SmearDataset(Dataset):
         self.augment = augment
         self.cache = cache
         self.max_pixels = max_pixels
+        # items carry their augmentation seed, for augmentation of whole batches after the transfer (batch_augment)
+        self.with_seed = with_seed
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -73,7 +76,7 @@ class SmearDataset(Dataset):
             return self.cache[index]
         return load_image(self.paths[index], self.img_size, self.max_pixels)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, int]:
         index, seed = key if isinstance(key, tuple) else (key, 0)
         image = self.image(index)
         if self.augment is not None:
@@ -81,7 +84,7 @@ class SmearDataset(Dataset):
             self.augment.set_random_state(np.random.default_rng(seed), random.Random(seed))
             image = self.augment(image=image)["image"]
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        return tensor, self.targets[index]
+        return (tensor, self.targets[index], seed) if self.with_seed else (tensor, self.targets[index])
 
 
 class AlteredImages(Dataset):

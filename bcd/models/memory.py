@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from bcd.utils.errors import ConfigError
-from bcd.utils.rss import peak_rss_mib, reset_peak_rss
+from bcd.utils.rss import available_memory, peak_rss_mib, reset_peak_rss
 from bcd.utils.stored import load_stored_json
 
 log = logging.getLogger(__name__)
@@ -56,35 +56,6 @@ class MicroBatchPlan:
     def as_dict(self) -> dict[str, Any]:
         """For summary.json and the sweep report."""
         return asdict(self)
-
-
-def available_memory(device: str) -> int:
-    """Bytes this process may still use: the GPU's free memory, else the smaller of MemAvailable and the cgroup's
-    limit minus its usage."""
-    if device.startswith("cuda"):
-        return int(torch.cuda.mem_get_info(torch.device(device))[0])
-    available = _meminfo("MemAvailable")
-    limit, used = _read_int("/sys/fs/cgroup/memory.max"), _read_int("/sys/fs/cgroup/memory.current")
-    if limit is not None and used is not None:
-        available = min(available, limit - used)
-    return available
-
-
-def _meminfo(field: str) -> int:
-    """A /proc/meminfo field in bytes."""
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) * 1024
-    raise OSError(f"/proc/meminfo has no {field}")
-
-
-def _read_int(path: str) -> int | None:
-    """An integer file (cgroup limits), or None when absent or 'max'."""
-    try:
-        text = Path(path).read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
 
 
 def training_budget(memory_budget: float | None, trainer_memory_budget: float | None) -> float | None:
