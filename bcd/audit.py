@@ -11,9 +11,9 @@ from omegaconf import DictConfig
 
 from bcd.config.entry import entry_point
 from bcd.data.sources import load_samples
-from bcd.evaluation.audit import audit_dataset
-from bcd.reporting.audit_report import write_audit_report
-from bcd.runs import claim_run_dir
+from bcd.evaluation.dataset_audit import audit_dataset
+from bcd.reporting.dataset_audit_report import write_audit_report
+from bcd.runs.run_dir import claim_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def run_audit(cfg: DictConfig) -> dict[str, Any]:
         samples, root, class_names, name=datamodule.name, dedup=datamodule.dedup,
         near_threshold=datamodule.near_threshold,
         proxy_groups=datamodule.proxy_groups if datamodule.groups == "proxy" else None,
-        max_pixels=datamodule.max_pixels, shortcut_folds=cfg.shortcut_folds,
+        reader=datamodule.reader, shortcut_folds=cfg.shortcut_folds,
         shortcut_warn_at=cfg.shortcut_warn_at, annotation_warn_margin=cfg.annotation_warn_margin, seed=cfg.seed,
     )
     summary = write_audit_report(out, audit, examples=cfg.examples)

@@ -34,15 +34,16 @@ from bcd.evaluation.label_issues import label_issues, read_out_of_fold
 from bcd.inference.runners import TorchRunner, pick_device, score_loader
 from bcd.inference.scores import score_images
 from bcd.inference.views import resolve_tta
+from bcd.launch import on_one_device, train_in_subprocess
 from bcd.models.backbone import input_size
 from bcd.models.classifier import load_classifier
 from bcd.reporting.cv_report import write_cv_report
 from bcd.reporting.label_issues import label_issue_lines, write_label_issue_pictures, write_label_issues_csv
 from bcd.reporting.predictions import columns, score_rows, write_predictions
-from bcd.runs import check_outside_data, data_folder, write_json
+from bcd.runs.run_dir import check_outside_data, data_folder, write_json
 from bcd.train import train
-from bcd.tuning.study import hydra_value, on_one_device, override_key, train_in_subprocess
 from bcd.utils.errors import ConfigError
+from bcd.utils.overrides import hydra_value, override_key
 
 log = logging.getLogger(__name__)
 

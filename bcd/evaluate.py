@@ -20,7 +20,6 @@ from omegaconf import DictConfig
 from bcd.config.entry import entry_point
 from bcd.data.colour_range import colour_warnings
 from bcd.data.datamodule import SmearDataModule
-from bcd.data.decode import read_audited_rgb
 from bcd.data.sources import SPLITS, Sample, relative_name
 from bcd.evaluation import stats
 from bcd.evaluation.calibration import fit_ood_threshold, fit_temperature
@@ -30,6 +29,7 @@ from bcd.inference.explain import GradcamSubset, gradcam_of, gradcam_rule, needs
 from bcd.inference.runners import make_runner, pick_device, score_loader
 from bcd.inference.scores import ImageScores, probabilities, score_images
 from bcd.inference.views import resolve_tta
+from bcd.models.backbone import input_size
 from bcd.models.classifier import Classifier, load_classifier
 from bcd.models.memory import inference_batch
 from bcd.models.metrics import confusion_matrix
@@ -39,7 +39,8 @@ from bcd.reporting.predictions import columns, score_rows, write_predictions
 from bcd.reporting.report import summary_rows, write_model_card, write_report
 from bcd.reporting.review import GallerySizes, GalleryWriter, gallery_items, write_review_page
 from bcd.reporting.wandb_log import log_to_wandb
-from bcd.runs import TrainedRun, claim_run_dir, write_json
+from bcd.runs.run_dir import claim_run_dir, write_json
+from bcd.runs.trained import TrainedRun
 from bcd.utils.progress import exit_on_sigterm, progress
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def _evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
     run = TrainedRun.from_checkpoint(cfg.ckpt_path)
     model = load_classifier(run.checkpoint)
     tta = resolve_tta(cfg.tta, model.hparams)
-    img_size, device = run.img_size(model.hparams["model"]), pick_device(cfg.accelerator)
+    img_size, device = input_size(model.hparams["model"]), pick_device(cfg.accelerator)
     batch_size = inference_batch(dict(model.hparams), img_size, cfg.batch_size, str(device),
                                  cfg.memory_budget, Path(cfg.paths.cache_dir))
     options = {"task": model.hparams.task, "img_size": img_size, "seed": cfg.seed, "batch_size": batch_size,
@@ -90,15 +91,14 @@ def _evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
                          "n_boot": cfg.n_boot, "ci": cfg.ci, "seed": cfg.seed}
     estimates = stats.bootstrap(probs, targets, **bootstrap_options)
     result_shift = evaluate_shifts(
-        runner, paths, targets, datamodule.img_size, cfg.shift, estimates,
+        runner, paths, targets, datamodule.img_size, datamodule.reader, cfg.shift, estimates,
         loader_options={"batch_size": batch_size, "num_workers": datamodule.num_workers},
         bootstrap_options=bootstrap_options, tta=tta,
     ) if cfg.shift.kinds else None
     loader_options = {"batch_size": batch_size, "num_workers": datamodule.num_workers}
-    background = background_only(runner, paths, targets, datamodule.img_size, loader_options, bootstrap_options,
-                                 tta) if cfg.background_check else None
-    occlusion = corner_occlusion(runner, paths, targets, datamodule.img_size, loader_options, bootstrap_options,
-                                 tta) if cfg.occlusion_check else None
+    images = (runner, paths, targets, datamodule.img_size, datamodule.reader, loader_options, bootstrap_options, tta)
+    background = background_only(*images) if cfg.background_check else None
+    occlusion = corner_occlusion(*images) if cfg.occlusion_check else None
     if occlusion and occlusion["flagged"]:
         log.warning("occlusion check: accuracy drops by %.3f more with the corners occluded than with the same area "
                     "occluded elsewhere: the model reads something in the corners (report.md)",
@@ -131,7 +131,7 @@ def _evaluate(cfg: DictConfig, out: Path) -> dict[str, Any]:
     if not cfg.get("dataset"):
         run.save_calibration(calibration)
     scores = score_images(logits, calibration.temperature, calibration.ood_threshold, cfg.abstain_below)
-    warnings = colour_warnings(paths, model.colour_range, datamodule.max_pixels)
+    warnings = colour_warnings(paths, model.colour_range, datamodule.reader)
     rows = [{"path": sample.path, "split": sample.split, "true_label": datamodule.class_names[target], **row,
              "colour_warning": warning}
             for sample, target, row, warning in zip(samples, targets, score_rows(scores, datamodule.class_names),
@@ -164,7 +164,7 @@ def review_page(out: Path, cfg: DictConfig, model: Classifier, samples: list[Sam
     for start in progress(range(0, len(samples), size), "review page: thumbnails and Grad-CAM",
                           math.ceil(len(samples) / size)):
         batch = slice(start, start + size)
-        images = [read_audited_rgb(sample.path, datamodule.max_pixels) for sample in samples[batch]]
+        images = [datamodule.reader.read_audited(sample.path) for sample in samples[batch]]
         chosen = subset.choose(scores.predicted[batch], flagged[batch])
         maps = gradcam_of(model, [images[k] for k in chosen], scores.predicted[batch][chosen], datamodule.img_size)
         heatmaps = dict(zip(chosen, maps, strict=True))

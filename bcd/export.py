@@ -23,10 +23,13 @@ from bcd.inference.export import (
     export_onnx,
     export_torchscript,
     max_probability_difference,
+    parity_images,
 )
 from bcd.inference.views import resolve_tta
+from bcd.models.backbone import input_size
 from bcd.models.classifier import load_classifier
-from bcd.runs import TrainedRun, claim_run_dir, command_line, write_json
+from bcd.runs.run_dir import claim_run_dir, command_line, write_json
+from bcd.runs.trained import TrainedRun
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     run = TrainedRun.from_checkpoint(cfg.ckpt_path)
     classifier = load_classifier(run.checkpoint)
     tta = resolve_tta(None, classifier.hparams)
-    img_size = run.img_size(classifier.hparams["model"])
+    img_size = input_size(classifier.hparams["model"])
     calibration, calibration_path = run.calibration(cfg.calibration, tta, checkpoint_tta=tta)
 
     path = out / FILE_NAMES[cfg.format]
@@ -55,7 +58,11 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     opset = export_onnx(model, example, path, cfg.opset) if cfg.format == "onnx" else None
     if cfg.format == "torchscript":
         export_torchscript(model, example, path)
-    images, source = run.parity_images(img_size, cfg.parity_images)
+    images, source = parity_images(run.test_images(), img_size, cfg.parity_images)
+    if source == "test split":
+        source = f"test split of {run.run_dir}"
+    else:
+        log.warning("parity check on synthetic images: %s has no test images at hand", run.checkpoint)
     max_diff = max_probability_difference(classifier, path, torch.from_numpy(images), tta)
 
     result = {

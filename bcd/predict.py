@@ -16,12 +16,14 @@ from typing import Any
 from omegaconf import DictConfig
 
 from bcd.config.entry import entry_point
+from bcd.data.reader import ImageReader
 from bcd.data.sources import list_inputs
 from bcd.inference.explain import GradcamSubset, gradcam_rule
 from bcd.inference.predictor import Predictor, ScoredBatch
 from bcd.inference.runners import make_runner, pick_device
 from bcd.inference.scores import ImageScores
 from bcd.inference.views import resolve_tta
+from bcd.models.backbone import input_size
 from bcd.models.classifier import load_classifier
 from bcd.models.memory import inference_batch
 from bcd.reporting.overlays import write_contact_sheet
@@ -36,7 +38,8 @@ from bcd.reporting.predictions import (
 )
 from bcd.reporting.review import GallerySizes, GalleryWriter, gallery_items, write_review_page
 from bcd.reporting.wandb_log import log_to_wandb
-from bcd.runs import TrainedRun, claim_run_dir, write_json
+from bcd.runs.run_dir import claim_run_dir, write_json
+from bcd.runs.trained import TrainedRun
 from bcd.utils.progress import exit_on_sigterm, progress
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,7 @@ def _predict(cfg: DictConfig, out: Path) -> dict[str, Any]:
     claim_run_dir(out, inputs if inputs.is_dir() else None)  # never inside a folder of images to predict
     tta = resolve_tta(cfg.tta, model.hparams)
     device = pick_device(cfg.accelerator)
-    img_size = run.img_size(model.hparams["model"])
+    img_size = input_size(model.hparams["model"])
     batch_size = inference_batch(dict(model.hparams), img_size, cfg.batch_size, str(device),
                                  cfg.memory_budget, Path(cfg.paths.cache_dir))
     runner = make_runner(cfg.runtime, model, device, cfg.onnx_path)
@@ -69,7 +72,7 @@ def _predict(cfg: DictConfig, out: Path) -> dict[str, Any]:
     if not model.colour_range:
         log.info("the checkpoint records no training colour range: inputs' colours are not checked")
     predictor = Predictor(
-        runner=runner, img_size=img_size, max_pixels=cfg.max_pixels, tta=tta,
+        runner=runner, img_size=img_size, reader=ImageReader(cfg.max_pixels), tta=tta,
         calibration=calibration, abstain_below=cfg.abstain_below, colour_range=model.colour_range,
         explain_with=model.to(device) if cfg.gradcam or cfg.report_html else None,
         explain_subset=None if cfg.gradcam else GradcamSubset(cfg.review.gradcam_per_class),

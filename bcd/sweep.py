@@ -23,29 +23,27 @@ from omegaconf import DictConfig
 
 from bcd.config.checks import check_config
 from bcd.config.files import compose
+from bcd.launch import SigtermForwarding, TrainingInterrupted
 from bcd.models.backbone import input_size
-from bcd.runs import RunSummary, check_outside_data, data_folder
+from bcd.runs.run_dir import check_outside_data, data_folder
+from bcd.runs.summary import RunSummary
 from bcd.train import train
-from bcd.tuning.pruning import pruning_overrides
+from bcd.tuning.pruning import pruning_overrides, trial_in_subprocess
 from bcd.tuning.study import (
     FINISHED,
-    SigtermForwarding,
     StopAfterFailures,
-    SweepInterrupted,
-    hydra_value,
     isolated,
     log_trial,
     n_finished,
     n_wanted,
     new_trial_dir,
     open_study,
-    override_key,
     queue_grid_points,
     search_space,
     suggest,
-    train_in_subprocess,
 )
 from bcd.utils.errors import ConfigError
+from bcd.utils.overrides import hydra_value, override_key
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +122,7 @@ def shared_split(sweep_dir: Path, train_overrides: Sequence[str]) -> Path:
 def run_trial(trial: optuna.Trial, sweep: DictConfig, space: dict, sweep_dir: Path, base: list[str],
               forwarding: SigtermForwarding) -> float:
     """One bcd run with the trial's params; returns its last-epoch sweep.metric and records its results (a SIGTERM
-    stops it, records it as FAIL and ends the sweep: SweepInterrupted)."""
+    stops it, records it as FAIL and ends the sweep: TrainingInterrupted)."""
     started = time.time()
     run_dir = new_trial_dir(sweep_dir, trial.number)
     trial.set_user_attr("run_dir", str(run_dir))
@@ -138,13 +136,13 @@ def run_trial(trial: optuna.Trial, sweep: DictConfig, space: dict, sweep_dir: Pa
                           f"logger.wandb.name=trial-{trial.number}"]
             cfg = compose_train([*overrides, f"paths.output_dir={hydra_value(str(run_dir))}"])
         if isolated(cfg, sweep.isolate_trials):
-            summary = train_in_subprocess(overrides, run_dir, forwarding)
+            summary = trial_in_subprocess(overrides, run_dir, forwarding)
         else:
             summary = train_in_process(cfg, forwarding)
         value = summary.final_metric(sweep.metric, "sweep.metric")
     except optuna.TrialPruned:
         raise
-    except SweepInterrupted as error:
+    except TrainingInterrupted as error:
         trial.set_user_attr("error", f"interrupted by {error}")
         raise
     except Exception as error:
@@ -164,15 +162,15 @@ def run_trial(trial: optuna.Trial, sweep: DictConfig, space: dict, sweep_dir: Pa
 
 def train_in_process(cfg: DictConfig, forwarding: SigtermForwarding) -> RunSummary:
     """bcd.train in this process (one device, no isolation asked); Lightning's SIGTERM handling stops it (exit 143)."""
-    forwarding.in_process_trial = True
+    forwarding.in_process_run = True
     try:
         return train(cfg)
     except SystemExit as stop:
         if stop.code == 128 + signal.SIGTERM:
-            raise SweepInterrupted("SIGTERM: the trial stopped at its next step") from None
+            raise TrainingInterrupted("SIGTERM: the trial stopped at its next step") from None
         raise
     finally:
-        forwarding.in_process_trial = False
+        forwarding.in_process_run = False
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -182,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # log_trial replaces Optuna's per-trial line
     try:
         run_sweep(cfg, train_overrides)
-    except SweepInterrupted as error:
+    except TrainingInterrupted as error:
         log.error("interrupted (%s); the running trial is recorded as FAIL in study %s; rerun the same command to "
                   "resume the study", error, cfg.sweep.study_name)
         raise SystemExit(128 + signal.SIGTERM) from None

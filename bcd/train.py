@@ -25,7 +25,6 @@ from bcd.models.backbone import input_size
 from bcd.models.classifier import Classifier, load_classifier
 from bcd.models.fitting import (
     ValidationEveryImages,
-    device_of,
     fit_in_memory,
     same_plan_on_every_rank,
     trainer_arguments,
@@ -33,20 +32,11 @@ from bcd.models.fitting import (
 from bcd.models.memory import GIB, MicroBatchPlan, peak_memory, plan_micro_batches, training_budget
 from bcd.models.metrics import SELECTION_METRIC
 from bcd.models.registry import checked
-from bcd.runs import (
-    Checkpoints,
-    DataSummary,
-    RunMetrics,
-    RunSummary,
-    claim_run_dir,
-    command_line,
-    data_folder,
-    finishing,
-    is_main_process,
-    library_versions,
-    plain_metrics,
-)
+from bcd.reporting.wandb_log import finishing
+from bcd.runs.run_dir import claim_run_dir, command_line, data_folder, is_main_process
+from bcd.runs.summary import Checkpoints, DataSummary, RunMetrics, RunSummary, library_versions, plain_metrics
 from bcd.utils.allocator import active_allocator, log_allocator
+from bcd.utils.devices import device_of
 from bcd.utils.ema import EMAWeights
 from bcd.utils.timing import TrainingClock, images_trained
 
@@ -82,7 +72,7 @@ def train(cfg: DictConfig) -> RunSummary | None:
         class_weights=datamodule.class_weights,
         normalize=cfg.augmentation.normalize,
         colour_norm=to_plain(cfg.colour_norm),
-        colour_range=colour_range([s.path for s in datamodule.split_samples("train")], max_pixels=datamodule.max_pixels),
+        colour_range=colour_range([s.path for s in datamodule.split_samples("train")], reader=datamodule.reader),
         tta=cfg.tta,
         mask_annotations=datamodule.mask_annotations,
     )

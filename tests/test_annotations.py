@@ -14,7 +14,7 @@ from PIL import Image
 
 from bcd.data.sources import DatasetError
 from bcd.data.synthetic import generate_image
-from bcd.evaluation.annotation_audit import annotation_audit
+from bcd.evaluation.annotation_marks import annotation_audit
 from bcd.models.annotations import AnnotationMask, annotation_regions, mark_pixels
 from tests.helpers.commands import run_evaluate
 

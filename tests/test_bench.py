@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bcd.data.dataset import build_cache, load_image
+from bcd.data.dataset import build_cache
 from bcd.data.decode import read_audited_rgb, read_rgb
+from bcd.data.reader import ImageReader
 from bcd.utils.allocator import active_allocator, allocator_environment
 from bcd.utils.errors import ConfigError
 from tests.helpers.cli import run_cli
@@ -152,9 +153,9 @@ def test_fast_decoder_falls_back_for_exif_images(tmp_path: Path) -> None:
 
 def test_cache_holds_exactly_the_directly_decoded_images(synthetic_root: Path) -> None:
     paths = sorted(synthetic_root.glob("*/*"))[:10]
-    cache = build_cache(paths, 40, max_pixels=None)
+    cache = build_cache(paths, 40, ImageReader(max_pixels=None))
     for i, path in enumerate(paths):
-        assert cache[i].tobytes() == load_image(path, 40, None).tobytes()
+        assert cache[i].tobytes() == ImageReader(max_pixels=None).load(path, 40).tobytes()
 
 
 def _first_epoch_losses(run_dir: Path) -> list[float]:

@@ -12,7 +12,7 @@ import torch
 from bcd.data.datamodule import SmearDataModule
 from bcd.inference.testing import Tester
 from bcd.models.classifier import load_classifier
-from bcd.runs import RunSummary
+from bcd.runs.summary import RunSummary
 from tests.helpers.cli import run_cli, run_dirs
 from tests.helpers.configs import IMG, tiny_overrides
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bcd.runs import RunSummary
+from bcd.runs.summary import RunSummary
 from tests.helpers.cli import run_cli
 from tests.helpers.commands import run_evaluate
 

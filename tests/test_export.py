@@ -11,7 +11,7 @@ import onnx
 import pytest
 import torch
 
-from bcd.runs import RunSummary
+from bcd.runs.summary import RunSummary
 from tests.helpers.cli import run_cli
 from tests.helpers.commands import run_export
 from tests.helpers.configs import IMG

@@ -21,7 +21,7 @@ from PIL import Image
 
 from bcd.data.sources import DatasetError
 from bcd.models.checkpoints import CheckpointError
-from bcd.runs import RunSummary
+from bcd.runs.summary import RunSummary
 from bcd.utils.stored import StoredFileError
 from tests.helpers.cli import run_cli
 from tests.helpers.commands import copy_run, read_rows, run_evaluate, run_predict
@@ -306,6 +306,7 @@ class CornerReader:
 def test_the_occlusion_check_flags_a_model_that_reads_a_corner_stamp(tmp_path: Path) -> None:
     """The case the dataset audit cannot see when colour already separates the classes: a green stamp in a corner of
     every Pre image. Occluding the corners costs the stamp reader everything; the same area elsewhere nothing."""
+    from bcd.data.reader import DEFAULT_READER
     from bcd.evaluation.robustness import corner_occlusion
 
     paths, targets = [], []
@@ -318,7 +319,7 @@ def test_the_occlusion_check_flags_a_model_that_reads_a_corner_stamp(tmp_path: P
         Image.fromarray(image).save(paths[-1])
         targets.append(i % 2)
     options = {"class_names": ["Early", "Pre"], "positive_classes": None, "n_boot": 200, "ci": 0.95, "seed": 0}
-    result = corner_occlusion(CornerReader(), paths, np.array(targets), 48, {"batch_size": 8}, options)
+    result = corner_occlusion(CornerReader(), paths, np.array(targets), 48, DEFAULT_READER, {"batch_size": 8}, options)
     assert result["corners"]["value"] == 0.5 and result["elsewhere"]["value"] == 1.0
     assert result["drop"]["value"] == 0.5 and result["drop"]["low"] > 0 and result["flagged"]
 

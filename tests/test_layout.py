@@ -18,6 +18,8 @@ LAYERS = {
     "bcd.models": 2,
     "bcd.inference": 3,
     "bcd.runs": 4,
+    # starting bcd.train runs from other commands (sweep trials, cv folds)
+    "bcd.launch": 4,
     "bcd.evaluation": 5,
     "bcd.tuning": 5,
     "bcd.reporting": 6,

@@ -10,7 +10,7 @@ import pytest
 from bcd.data.datamodule import SmearDataModule
 from bcd.data.near_duplicates import near_duplicate_pairs, perceptual_hashes
 from bcd.data.sources import list_images, scan_class_folders
-from bcd.evaluation.audit import audit_dataset
+from bcd.evaluation.dataset_audit import audit_dataset
 from tests.helpers.planted_data import plant_duplicates, write_sessions
 
 

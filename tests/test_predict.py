@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from bcd.runs import RunSummary
+from bcd.runs.summary import RunSummary
 from tests.helpers.cli import run_cli
 from tests.helpers.commands import run_predict
 from tests.helpers.configs import IMG

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bcd.runs import RunSummary
+from bcd.runs.summary import RunSummary
 from tests.helpers.browser import open_page
 from tests.helpers.commands import read_rows, run_evaluate, run_predict
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bcd.runs import RUN_CLAIM, RunSummary, claim_run_dir
+from bcd.runs.run_dir import RUN_CLAIM, claim_run_dir
+from bcd.runs.summary import RunSummary
 from bcd.utils.errors import ConfigError
 from tests.helpers.cli import run_cli, run_dirs
 from tests.helpers.commands import run_evaluate, run_predict

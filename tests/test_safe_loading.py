@@ -14,7 +14,7 @@ import yaml
 
 from bcd.models.checkpoints import CheckpointError
 from bcd.models.registry import StoredConfigError
-from bcd.runs import RunSummary
+from bcd.runs.summary import RunSummary
 from bcd.utils.stored import StoredFileError
 from tests.helpers.commands import copy_run, run_evaluate, run_export, run_predict
 

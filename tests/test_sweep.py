@@ -13,7 +13,6 @@ from optuna.trial import TrialState
 
 from bcd.sweep import compose_overrides, compose_train, run_sweep
 from bcd.tuning.study import (
-    hydra_value,
     make_storage,
     new_trial_dir,
     open_study,
@@ -22,6 +21,7 @@ from bcd.tuning.study import (
     suggest,
 )
 from bcd.utils.errors import ConfigError
+from bcd.utils.overrides import hydra_value
 from tests.helpers.cli import run_cli
 from tests.helpers.configs import tiny_overrides
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bcd.models.classifier import load_classifier
-from bcd.runs import RunSummary
+from bcd.runs.summary import RunSummary
 from bcd.utils.errors import ConfigError
 from tests.helpers.cli import run_cli, run_dirs
 from tests.helpers.configs import tiny_overrides

@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 
-from bcd.data.dataset import resize_square
+from bcd.data.reader import resize_square
 from bcd.models.backbone import build_network
 from bcd.models.weight_formats import WeightsFormatError, convert, packaged_weights
 

@@ -28,7 +28,7 @@ from bcd.config.checks import check_config, to_plain
 from bcd.config.entry import entry_point
 from bcd.data.transforms import AUGMENTATION_DEVICES, training_augmentation
 from bcd.models.backbone import input_size
-from bcd.runs import command_line
+from bcd.runs.run_dir import command_line
 from bcd.utils.allocator import log_allocator
 from bcd.utils.errors import ConfigError
 

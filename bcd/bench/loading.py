@@ -14,8 +14,9 @@ from omegaconf import DictConfig
 
 from bcd.bench.measure import median_rate, private_rss_mb, rate_summary, recording_peak_rss
 from bcd.data.datamodule import SmearDataModule
-from bcd.data.dataset import SmearDataset, build_cache, resize_square
+from bcd.data.dataset import SmearDataset, build_cache
 from bcd.data.decode import read_audited_rgb, read_rgb
+from bcd.data.reader import resize_square
 
 
 def jpeg_decoders() -> dict[str, Callable[[Path], np.ndarray]]:
@@ -85,7 +86,7 @@ def loader_section(cfg: DictConfig, datamodule: SmearDataModule) -> dict[str, An
 
     result["bare_decode_augment"] = median_rate(decode_augment, n, **timing)
     started = time.perf_counter()
-    cache = build_cache(paths, size, datamodule.max_pixels)
+    cache = build_cache(paths, size, datamodule.reader)
     result["cache"] = {"build_s": round(time.perf_counter() - started, 2), "mb": round(cache.nbytes / 2**20, 1),
                        "mb_full_taleqani": round(3256 * size * size * 3 / 2**20, 1)}
     result["bare_augment_cached"] = median_rate(
@@ -93,7 +94,7 @@ def loader_section(cfg: DictConfig, datamodule: SmearDataModule) -> dict[str, An
     )
     workers = sorted({1, max(1, datamodule.num_workers)})
     for cached in (False, True):
-        dataset = SmearDataset(paths, targets, size, augment, cache if cached else None, datamodule.max_pixels)
+        dataset = SmearDataset(paths, targets, size, augment, cache if cached else None, datamodule.reader)
         key = "loader_cached" if cached else "loader"
         result[key] = {str(w): loader_rate(datamodule, dataset, w, timing) for w in workers}
     return result

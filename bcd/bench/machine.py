@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from bcd.runs import library_versions
+from bcd.runs.summary import library_versions
 from bcd.utils.allocator import active_allocator
 
 EXTRA_LIBRARIES = ("numpy", "pillow", "opencv-python-headless", "onnxruntime", "simplejpeg", "PyTurboJPEG")

@@ -10,7 +10,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from bcd.runs import check_outside_data, data_folder
+from bcd.runs.run_dir import check_outside_data, data_folder
 from bcd.utils.errors import ConfigError
 
 

@@ -15,7 +15,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from bcd.data.colour_shift import HED_FROM_RGB
-from bcd.data.decode import MAX_PIXELS, read_rgb
+from bcd.data.reader import DEFAULT_READER, ImageReader
 
 __all__ = ["STAT_NAMES", "ColourFeatures", "ShortcutScore", "colour_features", "colour_shortcut", "image_colour_stats"]
 
@@ -96,12 +96,12 @@ def channel_histogram(pixels: np.ndarray) -> np.ndarray:
     return np.concatenate(counts) / len(pixels)
 
 
-def colour_features(paths: Sequence[Path], max_pixels: int | None = MAX_PIXELS) -> ColourFeatures:
+def colour_features(paths: Sequence[Path], reader: ImageReader = DEFAULT_READER) -> ColourFeatures:
     """Colour statistics and histograms of every image (decoded once each)."""
     stats = np.zeros((len(paths), len(STAT_NAMES)))
     histograms = np.zeros((len(paths), 3 * HISTOGRAM_BINS))
     for i, path in enumerate(paths):
-        stats[i], histograms[i] = image_colour_stats(read_rgb(path, max_pixels=max_pixels))
+        stats[i], histograms[i] = image_colour_stats(reader.read(path))
     return ColourFeatures(stats=stats, histograms=histograms)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bcd.data.decode import read_audited_rgb
+from bcd.data.reader import DEFAULT_READER, ImageReader
 from bcd.utils.progress import progress
 
 COLOUR_STATISTICS = ("mean_red", "mean_green", "mean_blue", "red_to_blue")
@@ -21,12 +21,12 @@ def colour_statistics(image: np.ndarray) -> dict[str, float]:
 
 
 def colour_range(
-    paths: Sequence[Path], margin: float = 0.05, max_pixels: int | None = None, workers: int = 4
+    paths: Sequence[Path], margin: float = 0.05, reader: ImageReader = DEFAULT_READER, workers: int = 4
 ) -> dict[str, list[float]]:
     """[low, high] of each statistic over the images, widened by `margin` of its span on both sides."""
 
     def statistics(path: Path) -> dict[str, float]:
-        return colour_statistics(read_audited_rgb(path, max_pixels=max_pixels))
+        return colour_statistics(reader.read_audited(path))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         values = list(pool.map(statistics, paths))
@@ -54,9 +54,10 @@ def colour_warning(image: np.ndarray, ranges: Mapping[str, Sequence[float]]) -> 
     return "; ".join(out_of_range(colour_statistics(image), ranges))
 
 
-def colour_warnings(paths: Sequence[Path], ranges: Mapping[str, Sequence[float]], max_pixels: int | None = None) -> list[str]:
+def colour_warnings(paths: Sequence[Path], ranges: Mapping[str, Sequence[float]],
+                    reader: ImageReader = DEFAULT_READER) -> list[str]:
     """colour_warning of every image file (audited); all '' without a range, without reading the files."""
     if not ranges:
         return [""] * len(paths)
-    return [colour_warning(read_audited_rgb(path, max_pixels=max_pixels), ranges)
+    return [colour_warning(reader.read_audited(path), ranges)
             for path in progress(paths, f"checking the colours of {len(paths)} images", len(paths))]

@@ -19,6 +19,7 @@ from bcd.data.batch_augment import BatchAugment
 from bcd.data.dataset import SmearDataset, build_cache
 from bcd.data.integrity import audit_files, format_bad_files
 from bcd.data.proxy_groups import describe_proxy_groups, proxy_group_ids
+from bcd.data.reader import ImageReader
 from bcd.data.resident import RESIDENT_SHARE, ResidentBatches, resident_bytes, to_device
 from bcd.data.samplers import EpochSampler
 from bcd.data.sources import (
@@ -133,7 +134,8 @@ class SmearDataModule(L.LightningDataModule):
         self.micro_batch: int | None = None
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.weighted_sampler = weighted_sampler
-        self.max_pixels = max_pixels
+        # every image this datamodule reads (audit, proxy groups, duplicates, training, the cache) goes through it
+        self.reader = ImageReader(max_pixels)
         self.citation = citation
         self.synthetic_images_per_class = synthetic_images_per_class
         self.synthetic_image_size = synthetic_image_size
@@ -180,7 +182,7 @@ class SmearDataModule(L.LightningDataModule):
                 "dataset.classes to the checkpoint's classes in the same order, or evaluate a checkpoint trained on "
                 "these classes"
             )
-        audit = audit_files([s.path for s in samples], max_pixels=self.max_pixels)
+        audit = audit_files([s.path for s in samples], reader=self.reader)
         self.bad_files = audit.bad
         if audit.bad and self.on_bad_file == "fail":
             raise DatasetError(
@@ -192,11 +194,11 @@ class SmearDataModule(L.LightningDataModule):
         samples = [replace(s, sha1=audit.hashes[s.path]) for s in samples if s.path not in audit.bad]
         if self.groups == "proxy":
             # clustered with a fixed seed: the proxy groups describe the data, and must not move with the split seed
-            self.proxy_ids = proxy_group_ids(samples, self.proxy_groups, max_pixels=self.max_pixels)
+            self.proxy_ids = proxy_group_ids(samples, self.proxy_groups, reader=self.reader)
             log.info("dataset %s: %s", self.name, describe_proxy_groups(self.proxy_ids))
         # one id per sample: samples that must share a split side (duplicates, a group) share an id
         self.group_ids = split_groups(
-            samples, self.dedup, near_threshold=self.near_threshold, proxy_ids=self.proxy_ids
+            samples, self.dedup, near_threshold=self.near_threshold, proxy_ids=self.proxy_ids, reader=self.reader
         )
         self.samples = assign_splits(
             samples, self.val_fraction, self.test_fraction, self.seed, groups=self.group_ids
@@ -288,10 +290,10 @@ class SmearDataModule(L.LightningDataModule):
             if split in self.datasets or not samples:
                 continue
             paths = [s.path for s in samples]
-            cache = build_cache(paths, self.img_size, self.max_pixels) if self.cache_images else None
+            cache = build_cache(paths, self.img_size, self.reader) if self.cache_images else None
             train = split == "train"
             self.datasets[split] = SmearDataset(
-                paths, self.targets(split), self.img_size, self.augment if train else None, cache, self.max_pixels,
+                paths, self.targets(split), self.img_size, self.augment if train else None, cache, self.reader,
                 with_seed=train and self.batch_augment is not None,
             )
 
@@ -337,7 +339,7 @@ class SmearDataModule(L.LightningDataModule):
             if needed > RESIDENT_SHARE * available_memory(str(device)):
                 return None
             cache = dataset.cache if dataset.cache is not None else build_cache(dataset.paths, self.img_size,
-                                                                                 self.max_pixels)
+                                                                                 self.reader)
             self._resident = to_device(cache, device)
             log.info("the %d training images (%.2f GiB) stay on %s; batches are indexed there", len(dataset),
                      needed / 1024**3, device)

@@ -13,32 +13,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bcd.data.decode import MAX_PIXELS, read_audited_rgb
+from bcd.data.reader import DEFAULT_READER, ImageReader, resize_square
 
 # One OpenCV thread: images are processed in parallel by loader workers (torch already gives each worker
 # one intra-op thread). Setting this inside a forked worker instead can deadlock on the parent's pool.
 cv2.setNumThreads(1)
 
 
-def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize to size x size: area averaging when shrinking (no aliasing), bicubic when enlarging."""
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    shrinking = image.shape[0] * image.shape[1] > size * size
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
-
-
-def load_image(path: Path, size: int, max_pixels: int | None) -> np.ndarray:
-    """Decode one audited file (bcd.data.integrity) and resize it to the model's input size."""
-    return resize_square(read_audited_rgb(path, max_pixels=max_pixels), size)
-
-
-def build_cache(paths: Sequence[Path], size: int, max_pixels: int | None, workers: int = 4) -> np.ndarray:
+def build_cache(paths: Sequence[Path], size: int, reader: ImageReader = DEFAULT_READER, workers: int = 4) -> np.ndarray:
     """Decode every image once into one contiguous array, which forked loader workers share copy-on-write."""
     cache = np.empty((len(paths), size, size, 3), dtype=np.uint8)
 
     def fill(i: int) -> None:
-        cache[i] = load_image(paths[i], size, max_pixels)
+        cache[i] = reader.load(paths[i], size)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(fill, range(len(paths))))
@@ -55,7 +42,7 @@ class SmearDataset(Dataset):
         img_size: int,
         augment: A.Compose | None = None,
         cache: np.ndarray | None = None,
-        max_pixels: int | None = None,
+        reader: ImageReader = DEFAULT_READER,
         with_seed: bool = False,
     ) -> None:
         self.paths = list(paths)
@@ -63,7 +50,7 @@ class SmearDataset(Dataset):
         self.img_size = img_size
         self.augment = augment
         self.cache = cache
-        self.max_pixels = max_pixels
+        self.reader = reader
         # items carry their augmentation seed, for augmentation of whole batches after the transfer (batch_augment)
         self.with_seed = with_seed
 
@@ -74,7 +61,7 @@ class SmearDataset(Dataset):
         """The resized, un-augmented image as HxWx3 uint8."""
         if self.cache is not None:
             return self.cache[index]
-        return load_image(self.paths[index], self.img_size, self.max_pixels)
+        return self.reader.load(self.paths[index], self.img_size)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, int]:
         index, seed = key if isinstance(key, tuple) else (key, 0)
@@ -93,11 +80,11 @@ class AlteredImages(Dataset):
     A subclass says how in `alter`."""
 
     def __init__(self, paths: Sequence[Path], targets: Sequence[int], img_size: int,
-                 max_pixels: int | None = MAX_PIXELS) -> None:
+                 reader: ImageReader = DEFAULT_READER) -> None:
         self.paths = list(paths)
         self.targets = list(targets)
         self.img_size = img_size
-        self.max_pixels = max_pixels
+        self.reader = reader
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -109,7 +96,7 @@ class AlteredImages(Dataset):
     def image(self, index: int) -> np.ndarray:
         """The altered, resized image as H x W x 3 uint8."""
         path = self.paths[index]
-        return resize_square(self.alter(read_audited_rgb(path, max_pixels=self.max_pixels), path), self.img_size)
+        return resize_square(self.alter(self.reader.read_audited(path), path), self.img_size)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return torch.from_numpy(np.ascontiguousarray(self.image(index).transpose(2, 0, 1))), self.targets[index]

@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from bcd.data.decode import MAX_PIXELS, UnreadableImageError, decode_bytes
+from bcd.data.decode import UnreadableImageError
+from bcd.data.reader import DEFAULT_READER, ImageReader
 from bcd.utils.progress import progress
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def audit_files(
     decode: bool = True,
     workers: int | None = None,
     *,
-    max_pixels: int | None = MAX_PIXELS,
+    reader: ImageReader = DEFAULT_READER,
 ) -> FileAudit:
     """Hash every file and (optionally) decode it fully, collecting unreadable files with reasons."""
     # dict.fromkeys de-duplicates repeated paths while keeping the caller's order, so results are stable.
@@ -55,7 +56,7 @@ def audit_files(
         raise ValueError(f"audit_files: workers must be >= 1, got {workers}; pass None for the default")
 
     def check(path: Path) -> tuple[str | None, str | None]:
-        return _check_file(path, decode=decode, max_pixels=max_pixels)
+        return _check_file(path, decode=decode, reader=reader)
 
     hashes: dict[Path, str] = {}
     bad: dict[Path, str] = {}
@@ -87,7 +88,7 @@ def format_bad_files(bad: dict[Path, str], limit: int = 20) -> str:
     return "\n".join(lines)
 
 
-def _check_file(path: Path, decode: bool, max_pixels: int | None) -> tuple[str | None, str | None]:
+def _check_file(path: Path, decode: bool, reader: ImageReader) -> tuple[str | None, str | None]:
     """Return (sha1, None) for a good file or (None, reason) for a bad one, reading its bytes once."""
     try:
         data = path.read_bytes()
@@ -103,7 +104,7 @@ def _check_file(path: Path, decode: bool, max_pixels: int | None) -> tuple[str |
         return None, "empty file (0 bytes)"
     if decode:
         try:
-            decode_bytes(data, path, max_pixels=max_pixels)
+            reader.decode(data, path)
         except UnreadableImageError as e:
             return None, e.reason
     return digest, None

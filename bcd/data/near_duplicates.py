@@ -14,7 +14,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from bcd.data.decode import MAX_PIXELS, read_rgb
+from bcd.data.reader import DEFAULT_READER, ImageReader
 
 __all__ = ["NearPair", "near_duplicate_pairs", "perceptual_hashes", "hash_distances"]
 
@@ -31,11 +31,11 @@ class NearPair:
     distance: int
 
 
-def perceptual_hashes(paths: Sequence[Path], max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+def perceptual_hashes(paths: Sequence[Path], reader: ImageReader = DEFAULT_READER) -> np.ndarray:
     """The DCT perceptual hash (imagehash.phash) of every image, as an (N, 64) boolean array."""
     bits = np.zeros((len(paths), HASH_SIZE * HASH_SIZE), dtype=bool)
     for i, path in enumerate(paths):
-        image = Image.fromarray(read_rgb(path, max_pixels=max_pixels))
+        image = Image.fromarray(reader.read(path))
         bits[i] = imagehash.phash(image, hash_size=HASH_SIZE).hash.reshape(-1)
     return bits
 

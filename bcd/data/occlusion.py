@@ -15,7 +15,7 @@ import numpy as np
 from bcd.data.colour_features import slide_background
 from bcd.data.colour_shift import image_key
 from bcd.data.dataset import AlteredImages
-from bcd.data.decode import MAX_PIXELS
+from bcd.data.reader import DEFAULT_READER, ImageReader
 
 # each square's side, a share of the image's shorter side (four of them cover 16% of a square image)
 OCCLUDED_SIDE = 0.2
@@ -53,10 +53,10 @@ class OccludedImages(AlteredImages):
     recorded resolution, then resized like training images."""
 
     def __init__(self, paths: Sequence[Path], targets: Sequence[int], img_size: int, place: str, seed: int = 0,
-                 max_pixels: int | None = MAX_PIXELS) -> None:
+                 reader: ImageReader = DEFAULT_READER) -> None:
         if place not in PLACES:
             raise ValueError(f"occlusion place {place!r} is not one of {list(PLACES)}")
-        super().__init__(paths, targets, img_size, max_pixels)
+        super().__init__(paths, targets, img_size, reader)
         self.place = place
         self.seed = seed
 

@@ -15,7 +15,7 @@ from sklearn.cluster import KMeans
 from sklearn.preprocessing import StandardScaler
 
 from bcd.data.colour_features import colour_features
-from bcd.data.decode import MAX_PIXELS
+from bcd.data.reader import DEFAULT_READER, ImageReader
 from bcd.data.sources import DatasetError, Sample
 
 __all__ = ["PROXY_PREFIX", "describe_proxy_groups", "proxy_cluster_sizes", "proxy_group_ids"]
@@ -28,7 +28,7 @@ def proxy_group_ids(
     clusters_per_class: int,
     features: np.ndarray | None = None,
     seed: int = 0,
-    max_pixels: int | None = MAX_PIXELS,
+    reader: ImageReader = DEFAULT_READER,
 ) -> list[str | None]:
     """A proxy group id per sample ("proxy:<class>:<k>"), None for samples that already have a real group.
 
@@ -42,7 +42,7 @@ def proxy_group_ids(
     if all(s.group is not None for s in samples):
         return [None] * len(samples)
     if features is None:
-        features = colour_features([s.path for s in samples], max_pixels=max_pixels).acquisition()
+        features = colour_features([s.path for s in samples], reader).acquisition()
     if len(features) != len(samples):
         raise ValueError(f"proxy_group_ids: {len(features)} feature rows for {len(samples)} samples")
     # Scaled over the whole dataset, so a feature weighs the same in every class's clustering.

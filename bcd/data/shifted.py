@@ -10,7 +10,7 @@ import numpy as np
 
 from bcd.data.colour_shift import apply_shift, image_key, shift_draw
 from bcd.data.dataset import AlteredImages
-from bcd.data.decode import MAX_PIXELS
+from bcd.data.reader import DEFAULT_READER, ImageReader
 
 
 class ShiftedImages(AlteredImages):
@@ -21,8 +21,8 @@ class ShiftedImages(AlteredImages):
     """
 
     def __init__(self, paths: Sequence[Path], targets: Sequence[int], img_size: int, kind: str, strength: float,
-                 seed: int = 0, max_pixels: int | None = MAX_PIXELS) -> None:
-        super().__init__(paths, targets, img_size, max_pixels)
+                 seed: int = 0, reader: ImageReader = DEFAULT_READER) -> None:
+        super().__init__(paths, targets, img_size, reader)
         self.kind = kind
         self.strength = strength
         self.seed = seed

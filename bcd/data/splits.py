@@ -16,6 +16,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.utils.class_weight import compute_class_weight
 
 from bcd.data.near_duplicates import near_duplicate_pairs, perceptual_hashes
+from bcd.data.reader import DEFAULT_READER, ImageReader
 from bcd.data.sources import SPLITS, DatasetError, Sample, relative_name
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ def split_groups(
     near_threshold: int = 6,
     proxy_ids: Sequence[str | None] | None = None,
     hash_bits: np.ndarray | None = None,
+    reader: ImageReader = DEFAULT_READER,
 ) -> list[str]:
     """One group id per sample; samples that must share a split side share an id: rows of one `group`, of one
     proxy group (proxy_ids), byte-identical files (dedup=exact|near) and near-duplicates (dedup=near: perceptual
@@ -45,7 +47,7 @@ def split_groups(
     if dedup in ("exact", "near"):
         edges += _shared_key_edges([s.sha1 for s in samples])
     if dedup == "near":
-        bits = perceptual_hashes([s.path for s in samples]) if hash_bits is None else hash_bits
+        bits = perceptual_hashes([s.path for s in samples], reader) if hash_bits is None else hash_bits
         edges += [(pair.first, pair.second) for pair in near_duplicate_pairs(bits, near_threshold)]
     return [f"g{component}" for component in connected_groups(len(samples), edges)]
 

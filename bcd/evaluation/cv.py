@@ -19,7 +19,7 @@ from bcd.evaluation import stats
 from bcd.inference.scores import probability_column
 from bcd.models.backbone import input_size
 from bcd.models.metrics import confusion_matrix, point_metrics
-from bcd.runs import command_line, write_json
+from bcd.runs.run_dir import command_line, write_json
 from bcd.utils.errors import ConfigError
 from bcd.utils.stored import load_stored_json
 

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from bcd.data.background import BackgroundOnlyImages
 from bcd.data.occlusion import OCCLUDED_SIDE, PLACES, OccludedImages
+from bcd.data.reader import ImageReader
 from bcd.data.shifted import ShiftedImages
 from bcd.evaluation import stats
 from bcd.inference.runners import Runner, score_loader
@@ -25,6 +26,7 @@ def evaluate_shifts(
     paths: Sequence[Path],
     targets: np.ndarray,
     img_size: int,
+    reader: ImageReader,
     shift: Mapping[str, Any],
     plain: Mapping[str, stats.Estimate],
     loader_options: Mapping[str, Any],
@@ -37,7 +39,7 @@ def evaluate_shifts(
     for kind in shift["kinds"]:
         rows.append({"kind": kind, "strength": 0.0, **{m: plain[m].as_dict() for m in SHIFT_METRICS}})
         for strength in shift["strengths"]:
-            images = ShiftedImages(paths, targets.tolist(), img_size, kind, strength, shift["seed"])
+            images = ShiftedImages(paths, targets.tolist(), img_size, kind, strength, shift["seed"], reader)
             logits, _ = score_loader(runner, DataLoader(images, **loader_options), tta,
                                      f"colour shift {kind} ±{strength:.0%}")
             estimates = stats.bootstrap(probabilities(logits).numpy(), targets, **bootstrap_options)
@@ -58,13 +60,14 @@ def background_only(
     paths: Sequence[Path],
     targets: np.ndarray,
     img_size: int,
+    reader: ImageReader,
     loader_options: Mapping[str, Any],
     bootstrap_options: Mapping[str, Any],
     tta: bool = False,
 ) -> dict[str, Any]:
     """Accuracy (with its CI) on the same images with their cells removed (bcd.data.background); flagged when the
     model is well above chance (1 / classes) without any cell: it reads the slide, not the cell."""
-    images = BackgroundOnlyImages(paths, targets.tolist(), img_size)
+    images = BackgroundOnlyImages(paths, targets.tolist(), img_size, reader)
     logits, _ = score_loader(runner, DataLoader(images, **loader_options), tta, "background only (cells removed)")
     accuracy = stats.bootstrap(probabilities(logits).numpy(), targets, **bootstrap_options)["acc"]
     chance = 1.0 / len(bootstrap_options["class_names"])
@@ -82,6 +85,7 @@ def corner_occlusion(
     paths: Sequence[Path],
     targets: np.ndarray,
     img_size: int,
+    reader: ImageReader,
     loader_options: Mapping[str, Any],
     bootstrap_options: Mapping[str, Any],
     tta: bool = False,
@@ -91,7 +95,7 @@ def corner_occlusion(
     OCCLUSION_FLAG_DROP more, so that the model reads something in the corners (a burned-in label, a stamp)."""
     correct, accuracy = {}, {}
     for place in PLACES:
-        images = OccludedImages(paths, targets.tolist(), img_size, place, bootstrap_options["seed"])
+        images = OccludedImages(paths, targets.tolist(), img_size, place, bootstrap_options["seed"], reader)
         logits, _ = score_loader(runner, DataLoader(images, **loader_options), tta, f"occlusion: {place} occluded")
         probs = probabilities(logits).numpy()
         accuracy[place] = stats.bootstrap(probs, targets, **bootstrap_options)["acc"].as_dict()

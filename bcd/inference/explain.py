@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from bcd.data.dataset import resize_square
+from bcd.data.reader import resize_square
 from bcd.inference.gradcam import gradcam
 from bcd.inference.scores import ImageScores
 from bcd.models.classifier import Classifier

@@ -4,11 +4,16 @@ parity check that the exported file scores images as the checkpoint does (bcd.in
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
+from bcd.data.reader import DEFAULT_READER, resize_square
+from bcd.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
+from bcd.data.synthetic import generate_image
 from bcd.inference.runners import OnnxRunner, TorchRunner, view_logits
 from bcd.inference.scores import probabilities
 from bcd.models.classifier import Classifier
@@ -16,7 +21,7 @@ from bcd.models.classifier import Classifier
 log = logging.getLogger(__name__)
 
 FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.pt"}
-RESIZE = "area when shrinking, bicubic when enlarging (bcd.data.dataset.resize_square)"
+RESIZE = "area when shrinking, bicubic when enlarging (bcd.data.reader.resize_square)"
 
 
 class ExportedClassifier(torch.nn.Module):
@@ -85,3 +90,15 @@ def max_probability_difference(classifier: Classifier, path: Path, images: torch
     expected = probabilities(view_logits(TorchRunner(classifier, torch.device("cpu")), images, tta).double())
     actual = probabilities(view_logits(exported, images, tta).double())
     return float((actual - expected).abs().max())
+
+
+def parity_images(paths: Sequence[Path], img_size: int, count: int) -> tuple[np.ndarray, str]:
+    """Up to `count` uint8 (N, 3, S, S) images for the parity check: the first of `paths` (a run's test split), else
+    synthetic ones; and which of the two."""
+    if paths:
+        images = [DEFAULT_READER.load(path, img_size) for path in paths[:count]]
+        return np.stack(images).transpose(0, 3, 1, 2).copy(), "test split"
+    rng = np.random.default_rng(0)
+    images = [resize_square(generate_image(i % len(SYNTHETIC_CLASSES), rng, max(img_size, 64)), img_size)
+              for i in range(count)]
+    return np.stack(images).transpose(0, 3, 1, 2).copy(), "synthetic (bcd.data.synthetic)"

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from bcd.data.colour_range import colour_warning
-from bcd.data.dataset import resize_square
-from bcd.data.decode import UnreadableImageError, read_rgb
+from bcd.data.decode import UnreadableImageError
+from bcd.data.reader import ImageReader, resize_square
 from bcd.inference.calibration import Calibration
 from bcd.inference.explain import GradcamSubset, gradcam_of, needs_a_look
 from bcd.inference.runners import Runner, view_logits
@@ -44,7 +44,7 @@ class Predictor:
 
     runner: Runner
     img_size: int
-    max_pixels: int | None
+    reader: ImageReader
     tta: bool
     calibration: Calibration
     abstain_below: float
@@ -62,7 +62,7 @@ class Predictor:
         readable, images, errors = [], [], {}
         for path in paths:
             try:
-                images.append(read_rgb(path, self.max_pixels))
+                images.append(self.reader.read(path))
                 readable.append(path)
             except (UnreadableImageError, OSError) as error:
                 errors[path] = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"

@@ -13,7 +13,7 @@ import torch
 
 from bcd.inference.views import dihedral_views
 from bcd.models.classifier import Classifier
-from bcd.models.fitting import device_of
+from bcd.utils.devices import device_of
 from bcd.utils.progress import progress
 from bcd.utils.stored import load_stored_json
 
@@ -31,7 +31,7 @@ class Runner(Protocol):
 
 
 def pick_device(accelerator: str = "auto") -> torch.device:
-    """The device inference runs on: the one training and memory planning use (bcd.models.fitting.device_of)."""
+    """The device inference runs on: the one training and memory planning use (bcd.utils.devices.device_of)."""
     return torch.device(device_of(accelerator))
 
 
@@ -98,7 +98,7 @@ class OnnxRunner:
         if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1:] != (3, size, size):
             raise ValueError(
                 f"images: expected a uint8 array of shape (N, 3, {size}, {size}) (RGB, resized with "
-                f"bcd.data.dataset.resize_square), got {array.dtype} {array.shape}"
+                f"bcd.data.reader.resize_square), got {array.dtype} {array.shape}"
             )
         return torch.from_numpy(self.session.run(None, {self.input_name: np.ascontiguousarray(array)})[0])
 

@@ -49,12 +49,6 @@ def same_plan_on_every_rank(make_plan: Callable[[], MicroBatchPlan], output_dir:
     return plan
 
 
-def device_of(accelerator: str) -> str:
-    """The device a run's memory is planned on: the first GPU when it trains on one, else the CPU."""
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return "cuda:0" if on_gpu else "cpu"
-
-
 def trainer_arguments(trainer: Mapping[str, Any], plan: MicroBatchPlan) -> dict[str, Any]:
     """Lightning's Trainer config for the plan: bcd's memory_budget taken out, the accumulation multiplied by the
     plan's, and integer limit_*_batches, which count effective batches in bcd, turned into micro-batches."""

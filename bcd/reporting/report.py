@@ -10,7 +10,7 @@ from typing import Any
 from bcd.evaluation.robustness import SHIFT_METRICS
 from bcd.evaluation.stats import Estimate
 from bcd.reporting.markdown import markdown_table
-from bcd.runs import TrainedRun
+from bcd.runs.trained import TrainedRun
 
 HEADLINE = [
     ("acc", "Accuracy"),
@@ -247,7 +247,7 @@ def write_model_card(
     if config is not None:  # the run's recorded config, read as text (plain data, nothing built from it)
         model, optimizer = config.get("model", {}), config.get("optimizer", {})
         recipe = [
-            f"- Model: `{model.get('name')}` at {run.img_size(model)} px, head `{model.get('head')}`, "
+            f"- Model: `{model.get('name')}` at {datamodule.img_size} px, head `{model.get('head')}`, "
             f"pretrained: {model.get('pretrained')}, weights file: {model.get('weights_path')}",
             f"- Task: {config.get('task', {}).get('name')}; loss `{_option(config.get('loss', {}))}`; optimizer "
             f"`{_option(optimizer)}` lr {optimizer.get('lr')}",

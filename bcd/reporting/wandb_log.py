@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bcd.runs import TrainedRun
+from lightning.pytorch.loggers import Logger, WandbLogger
+
+from bcd.runs.trained import TrainedRun
 
 log = logging.getLogger(__name__)
 
@@ -78,3 +81,20 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
         elif isinstance(value, int | float):
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+@contextmanager
+def finishing(loggers: list[Logger]) -> Iterator[None]:
+    """Finish every W&B run we started, with a failure exit code when the body raised."""
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        if any(isinstance(logger, WandbLogger) for logger in loggers):
+            import wandb  # only runs that log to W&B pay for importing it
+
+            if wandb.run is not None:
+                wandb.finish(exit_code=1 if failed else 0)

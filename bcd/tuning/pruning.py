@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,17 @@ import lightning as L
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from bcd.tuning.study import hydra_value, make_pruner, make_storage, storage_url
+from bcd.launch import SigtermForwarding, train_in_subprocess
+from bcd.runs.summary import RunSummary
+from bcd.tuning.study import make_pruner, make_storage, storage_url
 from bcd.utils.errors import ConfigError
+from bcd.utils.overrides import hydra_value
+from bcd.utils.stored import load_stored_json
 
 log = logging.getLogger(__name__)
+
+# what a pruned run leaves in its run dir (the trial, the step, the metric) for the sweep to read
+PRUNED_FILE = "pruned.json"
 
 
 def load_trial(
@@ -80,7 +88,7 @@ class OptunaPruning(L.Callback):
         if trainer.is_global_zero:
             epoch = trainer.current_epoch
             record = {"trial": self.trial_number, "epoch": epoch, "metric": self.metric, "value": value}
-            (self.output_dir / "pruned.json").write_text(json.dumps(record, indent=2) + "\n")
+            (self.output_dir / PRUNED_FILE).write_text(json.dumps(record, indent=2) + "\n")
             log.info("%s: %s=%.4f", message, self.metric, value)
         raise optuna.TrialPruned(message)
 
@@ -108,3 +116,15 @@ def pruning_overrides(sweep: DictConfig, sweep_dir: Path, number: int) -> list[s
     prefix = "+callbacks.optuna_pruning"
     return [*(f"{prefix}.{key}={hydra_value(value)}" for key, value in args.items()),
             f"{prefix}.output_dir=${{paths.output_dir}}"]
+
+
+def trial_in_subprocess(overrides: Sequence[str], run_dir: Path, forwarding: SigtermForwarding) -> RunSummary:
+    """A sweep trial as `python -m bcd.train` (bcd.launch.train_in_subprocess): one its pruner stopped (the
+    pruned.json it wrote) is pruned, not failed."""
+    try:
+        return train_in_subprocess(overrides, run_dir, forwarding)
+    except RuntimeError:
+        if not (run_dir / PRUNED_FILE).exists():
+            raise
+        pruned = load_stored_json(run_dir / PRUNED_FILE, "a trial's pruned.json")
+        raise optuna.TrialPruned(f"pruned: {pruned}") from None

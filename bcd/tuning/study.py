@@ -5,15 +5,10 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
-import re
 import reprlib
-import signal
-import subprocess
-import sys
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +17,9 @@ import sqlalchemy.exc
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from bcd.models.fitting import device_of
-from bcd.runs import RunSummary
+from bcd.launch import on_one_device
+from bcd.utils.devices import device_of
 from bcd.utils.errors import ConfigError
-from bcd.utils.stored import load_stored_json
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +30,7 @@ MAX_CONSECUTIVE_FAILURES = 10
 
 
 STORAGE_ATTEMPTS = 5
-# a string Hydra's override parser reads as itself when bare: a word of ASCII letters, digits, _ and -
-_BARE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
-# bare words Hydra reads as null, a bool or a float instead
-_HYDRA_KEYWORDS = ("null", "true", "false", "nan", "inf")
+
 
 
 def storage_url(storage: str | None, sweep_dir: Path) -> str:
@@ -217,34 +208,6 @@ def _database_value_error(trial: optuna.Trial, key: str, problem: str) -> Config
     )
 
 
-def hydra_value(value: Any) -> str:
-    """A Python value written as a Hydra override value (strings quoted, so paths and URLs pass unharmed)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, Mapping):
-        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(hydra_value(v) for v in value) + "]"
-    text = str(value)
-    # group choices (model=b1) and plain words stay bare; anything Hydra would read otherwise is quoted
-    if _BARE_WORD.fullmatch(text) and text.lower() not in _HYDRA_KEYWORDS:
-        return text
-    # OmegaConf resolves ${...} even inside quotes: escape it (doubling the backslashes before it) to keep it text
-    text = re.sub(r"(\\*)\$\{", lambda match: match[1] * 2 + "\\${", text)
-    # in Hydra's quoted strings a backslash escapes the quote after it, so those before a quote are doubled
-    text = re.sub(r"(\\*)('|\Z)", lambda match: match[1] * 2 + ("\\'" if match[2] else ""), text)
-    return f"'{text}'"
-
-
-def override_key(override: str) -> str:
-    """The config key of a command-line override (`+a.b=1` -> a.b)."""
-    return override.split("=", 1)[0].lstrip("~+")
-
-
 def open_study(sweep: DictConfig, space: dict[str, dict], sweep_dir: Path) -> optuna.Study:
     """Create the study, or load it to resume, with the sweep's storage, sampler and pruner."""
     storage = make_storage(storage_url(sweep.storage, sweep_dir), sweep.heartbeat_s)
@@ -304,13 +267,6 @@ def new_trial_dir(sweep_dir: Path, number: int) -> Path:
     return run_dir
 
 
-def on_one_device(cfg: DictConfig) -> bool:
-    """Whether the run trains in one process (else DDP, which needs a process of its own)."""
-    devices = cfg.trainer.devices
-    one = devices in (1, "1") or (OmegaConf.is_list(devices) and len(devices) == 1)
-    return one and cfg.trainer.get("num_nodes", 1) == 1
-
-
 def isolated(cfg: DictConfig, isolate: str | bool) -> bool:
     """Whether a sweep trial trains in a process of its own: always for DDP (its launcher needs one), and with
     sweep.isolate_trials=auto on the CPU, where running out of memory is the kernel killing the process, which
@@ -324,86 +280,3 @@ def isolated(cfg: DictConfig, isolate: str | bool) -> bool:
     return isolate
 
 
-def last_exception(lines: Sequence[str]) -> str:
-    """The last `SomeError: message` line of a process's output (the reason it stopped), else its last line."""
-    reasons = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception|Interrupt): ", line)]
-    return reasons[-1] if reasons else (lines[-1] if lines else "no output")
-
-
-class SweepInterrupted(KeyboardInterrupt):
-    """SIGTERM reached the sweep: the running trial was stopped and is recorded as FAIL, and the sweep ends.
-
-    A KeyboardInterrupt, so that Optuna records the trial as FAIL and lets it through (its `catch` is for the errors of
-    trials, after which the study goes on)."""
-
-
-# seconds a trial's processes get to stop after SIGTERM (Lightning finishes its step and exits) before SIGKILL
-TRIAL_STOP_GRACE_S = 60
-
-
-class SigtermForwarding:
-    """While a sweep runs: SIGTERM (a cluster's time limit, `kill`) goes on to the running trial's process group (its
-    DDP ranks included) instead of orphaning it, the sweep waits for it to stop, and the trial ends as FAIL. Without
-    a trial process, SIGTERM ends the sweep at once (an in-process trial is stopped by Lightning's own handler)."""
-
-    def __init__(self) -> None:
-        self.child: subprocess.Popen | None = None
-        self.received_at: float | None = None
-        self.in_process_trial = False
-        self._previous: Any = None
-
-    def __enter__(self) -> SigtermForwarding:
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.received_at = time.monotonic()
-        if self.child is not None and self.child.poll() is None:
-            os.killpg(self.child.pid, signal.SIGTERM)
-        elif not self.in_process_trial:
-            raise SweepInterrupted("SIGTERM")
-
-    def wait(self, child: subprocess.Popen) -> int:
-        """Wait for a trial process, stopping its whole process group (SIGKILL after the grace period) when SIGTERM
-        came; then raise SweepInterrupted, or return its exit code."""
-        self.child = child
-        try:
-            while True:
-                try:
-                    code = child.wait(timeout=1.0)
-                    break
-                except subprocess.TimeoutExpired:
-                    if self.received_at is not None and time.monotonic() - self.received_at > TRIAL_STOP_GRACE_S:
-                        os.killpg(child.pid, signal.SIGKILL)
-        finally:
-            self.child = None
-        if self.received_at is not None:
-            raise SweepInterrupted(f"SIGTERM: its process (group {child.pid}) was stopped with it and exited with {code}")
-        return code
-
-
-def train_in_subprocess(overrides: Sequence[str], run_dir: Path,
-                        forwarding: SigtermForwarding | None = None) -> RunSummary:
-    """`python -m bcd.train <overrides>` in run_dir (output to subprocess.log); returns its summary. With `forwarding`
-    the trial runs in a process group of its own, which a SIGTERM to this process stops too."""
-    command = [sys.executable, "-m", "bcd.train", *overrides, f"hydra.run.dir={hydra_value(str(run_dir))}"]
-    output = run_dir / "subprocess.log"
-    with output.open("w") as handle:
-        child = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
-                                 start_new_session=forwarding is not None)
-        code = forwarding.wait(child) if forwarding is not None else child.wait()
-    if (run_dir / "pruned.json").exists():
-        pruned = load_stored_json(run_dir / "pruned.json", "a trial's pruned.json")
-        raise optuna.TrialPruned(f"pruned: {pruned}")
-    if code < 0:  # killed by a signal: the kernel's out-of-memory killer sends SIGKILL
-        name = signal.Signals(-code).name
-        raise RuntimeError(f"python -m bcd.train was killed by {name}"
-                           f"{' (out of memory?)' if -code == signal.SIGKILL else ''}; its output: {output}")
-    if code != 0:
-        lines = output.read_text().splitlines()
-        raise RuntimeError(f"python -m bcd.train exited with code {code}: {last_exception(lines)} (full output: "
-                           f"{output}):\n" + "\n".join(lines[-20:]))
-    return RunSummary.read(run_dir / "summary.json")

@@ -20,13 +20,13 @@ from bcd.data.colour_features import (
     colour_features,
     colour_shortcut,
 )
-from bcd.data.decode import MAX_PIXELS
 from bcd.data.integrity import FileAudit, audit_files, format_bad_files
 from bcd.data.near_duplicates import NearPair, near_duplicate_pairs, perceptual_hashes
 from bcd.data.proxy_groups import proxy_cluster_sizes, proxy_group_ids
+from bcd.data.reader import DEFAULT_READER, ImageReader
 from bcd.data.sources import DatasetError, Sample, relative_name
 from bcd.data.splits import split_groups, split_method
-from bcd.evaluation.annotation_audit import WARN_MARGIN, AnnotationAudit, annotation_audit
+from bcd.evaluation.annotation_marks import WARN_MARGIN, AnnotationAudit, annotation_audit
 
 
 @dataclass(frozen=True)
@@ -149,20 +149,20 @@ def audit_dataset(
     dedup: str = "exact",
     near_threshold: int = 6,
     proxy_groups: int | None = None,
-    max_pixels: int | None = MAX_PIXELS,
+    reader: ImageReader = DEFAULT_READER,
     shortcut_folds: int = 5,
     shortcut_warn_at: float = 0.25,
     annotation_warn_margin: float = WARN_MARGIN,
     seed: int = 0,
 ) -> DatasetAudit:
     """Audit a dataset's samples: files, duplicates, colour, the colour shortcut and (proxy_groups=k) proxy groups."""
-    files = audit_files([s.path for s in samples], max_pixels=max_pixels)
+    files = audit_files([s.path for s in samples], reader=reader)
     good = [replace(s, sha1=files.hashes[s.path]) for s in samples if s.path in files.hashes]
     if not good:
         raise DatasetError(f"dataset.root: {root} holds no readable images\n{format_bad_files(files.bad)}")
     paths = [s.path for s in good]
-    bits = perceptual_hashes(paths, max_pixels=max_pixels)
-    colour = colour_features(paths, max_pixels=max_pixels)
+    bits = perceptual_hashes(paths, reader)
+    colour = colour_features(paths, reader)
     proxy_ids = (
         proxy_group_ids(good, proxy_groups, features=colour.acquisition()) if proxy_groups is not None else None
     )
@@ -183,7 +183,7 @@ def audit_dataset(
         dedup=dedup,
         group_ids=group_ids,
         proxy_ids=proxy_ids,
-        annotations=annotation_audit(paths, [s.label for s in good], group_ids, shortcut_folds, seed, max_pixels,
+        annotations=annotation_audit(paths, [s.label for s in good], group_ids, shortcut_folds, seed, reader,
                                      annotation_warn_margin),
     )
 

@@ -1,5 +1,5 @@
 """The dataset audit's report: audit.md, audit.json, the colour figure and the contact sheets of duplicates and
-proxy groups, drawn from a bcd.evaluation.audit.DatasetAudit."""
+proxy groups, drawn from a bcd.evaluation.dataset_audit.DatasetAudit."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from bcd.data.colour_features import STAT_NAMES
 from bcd.data.decode import read_rgb
 from bcd.data.near_duplicates import NearPair
 from bcd.data.proxy_groups import describe_proxy_groups
-from bcd.evaluation.audit import DatasetAudit
+from bcd.evaluation.dataset_audit import DatasetAudit
 from bcd.reporting.markdown import markdown_table
 from bcd.reporting.overlays import SHEET_MAX_IMAGES, write_contact_sheet
 from bcd.reporting.plots import saved_figure, series_colour
-from bcd.runs import write_json
+from bcd.runs.run_dir import write_json
 
 __all__ = ["write_audit_report"]
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from bcd.data.colour_features import ShortcutScore, channel_histogram, colour_shortcut
-from bcd.data.decode import MAX_PIXELS, read_rgb
+from bcd.data.reader import DEFAULT_READER, ImageReader
 from bcd.models.annotations import CORNER, MIN_PIXELS, mark_kinds
 from bcd.utils.progress import progress
 
@@ -84,13 +84,13 @@ class AnnotationAudit:
 
 
 def annotation_audit(paths: Sequence[Path], labels: Sequence[str], groups: Sequence[str], folds: int = 5,
-                     seed: int = 0, max_pixels: int | None = MAX_PIXELS, warn_margin: float = WARN_MARGIN,
+                     seed: int = 0, reader: ImageReader = DEFAULT_READER, warn_margin: float = WARN_MARGIN,
                      ) -> AnnotationAudit:
     """Find each image's mark and score corner patches against control patches (colour histograms, the colour
     shortcut's grouped cross-validation)."""
     corners, kinds, corner_features, control_features = [], [], [], []
     for path in progress(paths, f"looking for annotation marks in {len(paths)} images", len(paths)):
-        image = read_rgb(path, max_pixels=max_pixels)
+        image = reader.read(path)
         corner, kind = find_mark(image)
         corners.append(corner)
         kinds.append(kind)
