@@ -28,6 +28,7 @@ from bcd.models.classifier import load_classifier
 from bcd.models.memory import inference_batch
 from bcd.reporting.overlays import write_contact_sheet
 from bcd.reporting.predictions import (
+    PredictionSummary,
     batch_rows,
     columns,
     prediction_summary,
@@ -38,21 +39,21 @@ from bcd.reporting.predictions import (
 )
 from bcd.reporting.review import GallerySizes, GalleryWriter, gallery_items, write_review_page
 from bcd.reporting.wandb_log import log_to_wandb
-from bcd.runs.run_dir import claim_run_dir, write_json
+from bcd.runs.run_dir import claim_run_dir
 from bcd.runs.trained import TrainedRun
 from bcd.utils.progress import exit_on_sigterm, progress
 
 log = logging.getLogger(__name__)
 
 
-def predict(cfg: DictConfig) -> dict[str, Any]:
+def predict(cfg: DictConfig) -> PredictionSummary:
     """Predict every image of cfg.inputs with cfg.ckpt_path; returns what predict.json holds."""
     out = Path(cfg.paths.output_dir)
     with exit_on_sigterm("bcd.predict", out):
         return _predict(cfg, out)
 
 
-def _predict(cfg: DictConfig, out: Path) -> dict[str, Any]:
+def _predict(cfg: DictConfig, out: Path) -> PredictionSummary:
     """predict(), within its SIGTERM handling."""
     run = TrainedRun.from_checkpoint(cfg.ckpt_path)
     model = load_classifier(run.checkpoint)
@@ -95,25 +96,24 @@ def _predict(cfg: DictConfig, out: Path) -> dict[str, Any]:
     if sheet:
         write_contact_sheet(out / "gradcam" / "contact_sheet.png", *zip(*sheet, strict=True))
 
-    summary = {**prediction_summary(rows, model.class_names, run.checkpoint, calibration, calibration_file, cfg, tta),
-               "batch_size": batch_size}
-    if summary["errors"]:
+    summary = prediction_summary(rows, model.class_names, run.checkpoint, calibration, calibration_file, cfg, tta,
+                                 batch_size)
+    if summary.errors:
         first = next(row for row in rows if row.get("error"))
         log.warning("%d of %d images could not be read and have no prediction (error column of %s), e.g. %s: %s",
-                    summary["errors"], len(rows), out / "predictions.csv", first["path"], first["error"])
+                    summary.errors, len(rows), out / "predictions.csv", first["path"], first["error"])
     warn_colour_range(rows)
-    write_json(out / "predict.json", summary)
+    summary.write(out / "predict.json")
     items = review_page(out, cfg, scored, gallery, model.class_names, summary, inputs) if gallery else []
     if cfg.wandb:
         log_to_wandb(run, out, "predict", gallery=items, class_names=model.class_names)
-    log.info("predicted: %s; %d abstained, %d unreadable", summary["predicted"], summary["abstained"],
-             summary["errors"])
+    log.info("predicted: %s; %d abstained, %d unreadable", summary.predicted, summary.abstained, summary.errors)
     log.info("predictions: %s", out / "predictions.csv")
     return summary
 
 
 def review_page(out: Path, cfg: DictConfig, scored: list[ScoredBatch], gallery: GalleryWriter, class_names: list[str],
-                summary: dict[str, Any], inputs: Path) -> list[dict[str, Any]]:
+                summary: PredictionSummary, inputs: Path) -> list[dict[str, Any]]:
     """report.html: the images that need a look first, then the others; the files that could not be read.
     Returns the gallery's items."""
     paths = [path for batch in scored for path in batch.paths]
@@ -122,8 +122,8 @@ def review_page(out: Path, cfg: DictConfig, scored: list[ScoredBatch], gallery: 
     warnings = [warning for batch in scored for warning in batch.colour_warnings]
     items = gallery_items(names, scores, warnings, gallery.files)
     write_review_page(
-        out / "report.html", mode="predict", title=f"Predictions of {Path(summary['checkpoint']).name}",
-        subtitle=f"{summary['n_images']} images from {summary['inputs']}{', 8 views (tta)' if summary['tta'] else ''}",
+        out / "report.html", mode="predict", title=f"Predictions of {Path(summary.checkpoint).name}",
+        subtitle=f"{summary.n_images} images from {summary.inputs}{', 8 views (tta)' if summary.tta else ''}",
         class_names=class_names, items=items,
         gradcam_rule="every image" if cfg.gradcam else gradcam_rule(cfg.review.gradcam_per_class),
         summary_rows=summary_rows(summary),

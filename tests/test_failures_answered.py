@@ -236,7 +236,7 @@ def interrupt_while_scoring(*args: object, **kwargs: object) -> None:
 def test_sigterm_to_evaluate_logs_what_it_interrupted(trained_copy: RunSummary, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch,
                                                       caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr("bcd.evaluate.score_loader", interrupt_while_scoring)
+    monkeypatch.setattr("bcd.evaluation.scoring.score_loader", interrupt_while_scoring)
     with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as stopped:
         run_evaluate(tmp_path, f"ckpt_path={trained_copy.checkpoints.last}", "shift=none", "wandb=false")
     assert stopped.value.code == 143
@@ -320,8 +320,8 @@ def test_the_occlusion_check_flags_a_model_that_reads_a_corner_stamp(tmp_path: P
         targets.append(i % 2)
     options = {"class_names": ["Early", "Pre"], "positive_classes": None, "n_boot": 200, "ci": 0.95, "seed": 0}
     result = corner_occlusion(CornerReader(), paths, np.array(targets), 48, DEFAULT_READER, {"batch_size": 8}, options)
-    assert result["corners"]["value"] == 0.5 and result["elsewhere"]["value"] == 1.0
-    assert result["drop"]["value"] == 0.5 and result["drop"]["low"] > 0 and result["flagged"]
+    assert result.corners.value == 0.5 and result.elsewhere.value == 1.0
+    assert result.drop.value == 0.5 and result.drop.low > 0 and result.flagged
 
 
 def test_evaluate_reports_the_occlusion_check(trained_copy: RunSummary, tmp_path: Path) -> None:

@@ -15,10 +15,16 @@ from bcd.data.occlusion import OCCLUDED_SIDE, PLACES, OccludedImages
 from bcd.data.reader import ImageReader
 from bcd.data.shifted import ShiftedImages
 from bcd.evaluation import stats
+from bcd.evaluation.result import (
+    SHIFT_METRICS,
+    BackgroundCheck,
+    OcclusionCheck,
+    RobustAccuracy,
+    ShiftCheck,
+    ShiftRow,
+)
 from bcd.inference.runners import Runner, score_loader
 from bcd.inference.scores import probabilities
-
-SHIFT_METRICS = ("acc", "macro_f1")
 
 
 def evaluate_shifts(
@@ -32,23 +38,22 @@ def evaluate_shifts(
     loader_options: Mapping[str, Any],
     bootstrap_options: Mapping[str, Any],
     tta: bool = False,
-) -> dict[str, Any]:
+) -> ShiftCheck:
     """Accuracy and macro-F1 (with CIs) for every shift kind and strength; strength 0 is the plain evaluation.
     Images are scored as the plain evaluation scores them (the runner, with or without tta)."""
     rows = []
     for kind in shift["kinds"]:
-        rows.append({"kind": kind, "strength": 0.0, **{m: plain[m].as_dict() for m in SHIFT_METRICS}})
+        rows.append(ShiftRow(kind, 0.0, **{m: plain[m] for m in SHIFT_METRICS}))
         for strength in shift["strengths"]:
             images = ShiftedImages(paths, targets.tolist(), img_size, kind, strength, shift["seed"], reader)
             logits, _ = score_loader(runner, DataLoader(images, **loader_options), tta,
                                      f"colour shift {kind} ±{strength:.0%}")
             estimates = stats.bootstrap(probabilities(logits).numpy(), targets, **bootstrap_options)
-            rows.append({"kind": kind, "strength": float(strength), **{m: estimates[m].as_dict() for m in SHIFT_METRICS}})
-    result: dict[str, Any] = {"seed": shift["seed"], "rows": rows}
-    robust = [r for r in rows if r["kind"] == shift["robust_kind"] and r["strength"] == shift["robust_strength"]]
-    if robust:
-        result["robust_acc"] = {"kind": shift["robust_kind"], "strength": shift["robust_strength"], **robust[0]["acc"]}
-    return result
+            rows.append(ShiftRow(kind, float(strength), **{m: estimates[m] for m in SHIFT_METRICS}))
+    robust = [r.acc for r in rows if r.kind == shift["robust_kind"] and r.strength == shift["robust_strength"]]
+    robust_acc = RobustAccuracy(shift["robust_kind"], float(shift["robust_strength"]), robust[0].value, robust[0].low,
+                                robust[0].high) if robust else None
+    return ShiftCheck(seed=shift["seed"], rows=rows, robust_acc=robust_acc)
 
 
 # the background-only accuracy is flagged when even its lower confidence bound is this far above chance
@@ -64,15 +69,15 @@ def background_only(
     loader_options: Mapping[str, Any],
     bootstrap_options: Mapping[str, Any],
     tta: bool = False,
-) -> dict[str, Any]:
+) -> BackgroundCheck:
     """Accuracy (with its CI) on the same images with their cells removed (bcd.data.background); flagged when the
     model is well above chance (1 / classes) without any cell: it reads the slide, not the cell."""
     images = BackgroundOnlyImages(paths, targets.tolist(), img_size, reader)
     logits, _ = score_loader(runner, DataLoader(images, **loader_options), tta, "background only (cells removed)")
     accuracy = stats.bootstrap(probabilities(logits).numpy(), targets, **bootstrap_options)["acc"]
     chance = 1.0 / len(bootstrap_options["class_names"])
-    return {"acc": accuracy.as_dict(), "chance": chance, "flag_margin": BACKGROUND_FLAG_MARGIN,
-            "flagged": bool(accuracy.low > chance + BACKGROUND_FLAG_MARGIN)}
+    return BackgroundCheck(acc=accuracy, chance=chance, flag_margin=BACKGROUND_FLAG_MARGIN,
+                           flagged=bool(accuracy.low > chance + BACKGROUND_FLAG_MARGIN))
 
 
 # the occlusion check flags a model whose accuracy drops by at least this much more with its corners occluded than with
@@ -89,7 +94,7 @@ def corner_occlusion(
     loader_options: Mapping[str, Any],
     bootstrap_options: Mapping[str, Any],
     tta: bool = False,
-) -> dict[str, Any]:
+) -> OcclusionCheck:
     """Accuracy (with CIs) with the four corners occluded and with four same-size squares occluded elsewhere
     (bcd.data.occlusion), and the drop between them with a paired CI: flagged when the corners cost at least
     OCCLUSION_FLAG_DROP more, so that the model reads something in the corners (a burned-in label, a stamp)."""
@@ -98,10 +103,9 @@ def corner_occlusion(
         images = OccludedImages(paths, targets.tolist(), img_size, place, bootstrap_options["seed"], reader)
         logits, _ = score_loader(runner, DataLoader(images, **loader_options), tta, f"occlusion: {place} occluded")
         probs = probabilities(logits).numpy()
-        accuracy[place] = stats.bootstrap(probs, targets, **bootstrap_options)["acc"].as_dict()
+        accuracy[place] = stats.bootstrap(probs, targets, **bootstrap_options)["acc"]
         correct[place] = probs.argmax(1) == targets
     drop = stats.paired_difference(correct["elsewhere"], correct["corners"], bootstrap_options["n_boot"],
                                    bootstrap_options["ci"], bootstrap_options["seed"])
-    return {"corners": accuracy["corners"], "elsewhere": accuracy["elsewhere"], "drop": drop.as_dict(),
-            "side": OCCLUDED_SIDE, "flag_drop": OCCLUSION_FLAG_DROP,
-            "flagged": bool(drop.low > 0 and drop.value >= OCCLUSION_FLAG_DROP)}
+    return OcclusionCheck(corners=accuracy["corners"], elsewhere=accuracy["elsewhere"], drop=drop, side=OCCLUDED_SIDE,
+                          flag_drop=OCCLUSION_FLAG_DROP, flagged=bool(drop.low > 0 and drop.value >= OCCLUSION_FLAG_DROP))

@@ -23,6 +23,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve  # noqa: E402
 
+from bcd.evaluation.result import ShiftRow  # noqa: E402
+
 __all__ = [
     "plot_confusion_matrix",
     "plot_pr_curves",
@@ -399,16 +401,16 @@ def plot_training_curves(metrics_csv: Path, path: Path) -> Path | None:
     return Path(path)
 
 
-def plot_shift_curves(rows: Sequence[dict], path: Path) -> Path:
+def plot_shift_curves(rows: Sequence[ShiftRow], path: Path) -> Path:
     """Accuracy and macro-F1 against shift strength, one line per shift kind, with the CI as a band."""
-    kinds = list(dict.fromkeys(row["kind"] for row in rows))
+    kinds = list(dict.fromkeys(row.kind for row in rows))
     with saved_figure(path, ncols=2, figsize=(10, 4)) as (fig, axes):
         for ax, metric, label in zip(axes, ("acc", "macro_f1"), ("accuracy", "macro-F1"), strict=True):
             for i, kind in enumerate(kinds):
-                points = sorted((r["strength"], r[metric]) for r in rows if r["kind"] == kind)
+                points = sorted(((r.strength, getattr(r, metric)) for r in rows if r.kind == kind), key=lambda p: p[0])
                 x = [100 * s for s, _ in points]
-                ax.plot(x, [e["value"] for _, e in points], marker="o", color=series_colour(i), label=kind)
-                ax.fill_between(x, [e["low"] for _, e in points], [e["high"] for _, e in points],
+                ax.plot(x, [e.value for _, e in points], marker="o", color=series_colour(i), label=kind)
+                ax.fill_between(x, [e.low for _, e in points], [e.high for _, e in points],
                                 color=series_colour(i), alpha=0.15)
             ax.set_xlabel("shift strength s (%)")
             ax.set_ylabel(label)

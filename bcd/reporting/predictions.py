@@ -6,13 +6,17 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Optional  # noqa: UP035 - the schema's annotations are read at run time
 
 from bcd.inference.calibration import Calibration
 from bcd.inference.predictor import ScoredBatch
 from bcd.inference.scores import ImageScores, probability_column
+from bcd.models.registry import checked
 from bcd.reporting.overlays import SHEET_MAX_IMAGES, save_overlay
+from bcd.runs.run_dir import write_json
+from bcd.utils.stored import load_stored_json
 
 log = logging.getLogger(__name__)
 
@@ -72,26 +76,51 @@ def save_gradcam(batch: ScoredBatch, rows: list[dict[str, Any]], folder: Path, f
             sheet.append((blended, f"{row['predicted_label']} ({row['confidence']:.2f})"))
 
 
-def prediction_summary(rows: list[dict[str, Any]], class_names: list[str], checkpoint: Path, calibration: Calibration,
-                       calibration_file: Path | None, cfg: Mapping[str, Any], tta: bool) -> dict[str, Any]:
+@dataclass
+class PredictionSummary:
     """predict.json: counts per predicted class, abstentions, errors, and what the predictions depended on."""
+
+    checkpoint: str
+    inputs: str
+    runtime: str
+    n_images: int
+    predicted: Dict[str, int]  # noqa: UP006 - class -> images predicted as it
+    abstained: int
+    out_of_distribution: Optional[int]  # noqa: UP045 - None without an OOD threshold
+    errors: int
+    colour_out_of_range: int
+    temperature: Optional[float]  # noqa: UP045
+    calibration: Optional[str]  # noqa: UP045 - the calibration file applied
+    ood_threshold: Optional[float]  # noqa: UP045
+    abstain_below: float
+    tta: bool
+    # the prediction batch (predict's batch_size, or fewer when that many would not fit memory_budget)
+    batch_size: Optional[int] = None  # noqa: UP045
+
+    def write(self, path: Path) -> None:
+        """Write predict.json, refusing to replace an existing file."""
+        write_json(path, asdict(self))
+
+    @classmethod
+    def read(cls, path: Path) -> PredictionSummary:
+        """A predict.json, every field checked against this schema (plain data only)."""
+        return checked(cls, load_stored_json(path, "a predict.json"), str(path))
+
+
+def prediction_summary(rows: list[dict[str, Any]], class_names: list[str], checkpoint: Path, calibration: Calibration,
+                       calibration_file: Path | None, cfg: Mapping[str, Any], tta: bool,
+                       batch_size: int) -> PredictionSummary:
+    """The summary of predictions.csv's rows and of what they depended on."""
     predicted = [row for row in rows if not row.get("error")]
-    return {
-        "checkpoint": str(checkpoint),
-        "inputs": str(cfg["inputs"]),
-        "runtime": cfg["runtime"],
-        "n_images": len(rows),
-        "predicted": {name: sum(row["predicted_label"] == name for row in predicted) for name in class_names},
-        "abstained": sum(row["abstain"] for row in predicted),
-        "out_of_distribution": None if calibration.ood_threshold is None else sum(row["ood"] for row in predicted),
-        "errors": len(rows) - len(predicted),
-        "colour_out_of_range": sum(bool(row["colour_warning"]) for row in predicted),
-        "temperature": calibration.temperature,
-        "calibration": str(calibration_file) if calibration_file else None,
-        "ood_threshold": calibration.ood_threshold,
-        "abstain_below": cfg["abstain_below"],
-        "tta": tta,
-    }
+    return PredictionSummary(
+        checkpoint=str(checkpoint), inputs=str(cfg["inputs"]), runtime=cfg["runtime"], n_images=len(rows),
+        predicted={name: sum(row["predicted_label"] == name for row in predicted) for name in class_names},
+        abstained=sum(row["abstain"] for row in predicted),
+        out_of_distribution=None if calibration.ood_threshold is None else sum(row["ood"] for row in predicted),
+        errors=len(rows) - len(predicted), colour_out_of_range=sum(bool(row["colour_warning"]) for row in predicted),
+        temperature=calibration.temperature, calibration=str(calibration_file) if calibration_file else None,
+        ood_threshold=calibration.ood_threshold, abstain_below=cfg["abstain_below"], tta=tta, batch_size=batch_size,
+    )
 
 
 def warn_colour_range(rows: list[dict[str, Any]], shown: int = 5) -> None:
@@ -104,21 +133,21 @@ def warn_colour_range(rows: list[dict[str, Any]], shown: int = 5) -> None:
         log.warning("%d images in all have colours outside the training range (colour_warning column)", len(flagged))
 
 
-def summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, Any]]:
+def summary_rows(summary: PredictionSummary) -> list[tuple[str, Any]]:
     """predict.json's numbers as rows of the review page's summary table."""
-    predicted = ", ".join(f"{name} {count}" for name, count in summary["predicted"].items())
-    ood = "no OOD threshold (run bcd.evaluate first)" if summary["ood_threshold"] is None else \
-        f"{summary['out_of_distribution']} (energy above {summary['ood_threshold']:.3f})"
+    predicted = ", ".join(f"{name} {count}" for name, count in summary.predicted.items())
+    ood = "no OOD threshold (run bcd.evaluate first)" if summary.ood_threshold is None else \
+        f"{summary.out_of_distribution} (energy above {summary.ood_threshold:.3f})"
     return [
-        ("images", summary["n_images"]),
+        ("images", summary.n_images),
         ("predicted", predicted),
-        ("abstained (flagged for human review)", f"{summary['abstained']} (confidence below {summary['abstain_below']} "
+        ("abstained (flagged for human review)", f"{summary.abstained} (confidence below {summary.abstain_below} "
                                                  "or out of distribution)"),
         ("out of distribution", ood),
-        ("colour outside the training range", summary["colour_out_of_range"]),
-        ("could not be read", summary["errors"]),
-        ("temperature", summary["temperature"] if summary["temperature"] is not None else "none (T = 1)"),
-        ("calibration", summary["calibration"] or "none"),
-        ("test-time augmentation", "8 views" if summary["tta"] else "off"),
-        ("runtime", summary["runtime"]),
+        ("colour outside the training range", summary.colour_out_of_range),
+        ("could not be read", summary.errors),
+        ("temperature", summary.temperature if summary.temperature is not None else "none (T = 1)"),
+        ("calibration", summary.calibration or "none"),
+        ("test-time augmentation", "8 views" if summary.tta else "off"),
+        ("runtime", summary.runtime),
     ]

@@ -7,17 +7,19 @@ import csv
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import Logger, WandbLogger
 
+from bcd.evaluation.result import EvaluationResult
 from bcd.runs.trained import TrainedRun
 
 log = logging.getLogger(__name__)
 
 
-def log_to_wandb(run: TrainedRun, out: Path, job_type: str, result: Mapping[str, Any] | None = None,
+def log_to_wandb(run: TrainedRun, out: Path, job_type: str, result: EvaluationResult | None = None,
                  figures: Mapping[str, Path] | None = None, gallery: Sequence[Mapping[str, Any]] = (),
                  class_names: Sequence[str] = ()) -> bool:
     """Log a W&B run of `job_type` (evaluate, predict) in the training run's project and mode (offline unless it
@@ -36,10 +38,10 @@ def log_to_wandb(run: TrainedRun, out: Path, job_type: str, result: Mapping[str,
     try:
         logged: dict[str, Any] = {}
         if result is not None:
-            for name, estimate in result["metrics"].items():
-                logged.update({f"eval/{name}": estimate["value"], f"eval/{name}_ci_low": estimate["low"],
-                               f"eval/{name}_ci_high": estimate["high"]})
-            logged.update({f"eval/calibration/{k}": v for k, v in _flatten(result["calibration"]).items()})
+            for name, estimate in result.metrics.items():
+                logged.update({f"eval/{name}": estimate.value, f"eval/{name}_ci_low": estimate.low,
+                               f"eval/{name}_ci_high": estimate.high})
+            logged.update({f"eval/calibration/{k}": v for k, v in _flatten(asdict(result.calibration)).items()})
         logged.update({f"{job_type}/figures/{name}": wandb.Image(str(path)) for name, path in (figures or {}).items()})
         logged[f"{job_type}/gallery" if gallery else f"{job_type}/predictions"] = (
             gallery_table(wandb, out, gallery, class_names) if gallery else predictions_table(wandb, out))

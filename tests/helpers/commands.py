@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import shutil
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +19,30 @@ def train_tiny(out: Path, synthetic_cache: Path, *overrides: str) -> Any:
 
 
 def run_evaluate(tmp_path: Path, *overrides: str, name: str = "report") -> tuple[dict, Path]:
-    """bcd.evaluate.evaluate with the composed evaluate config, writing to <tmp_path>/<name>."""
+    """bcd.evaluate.evaluate with the composed evaluate config, writing to <tmp_path>/<name>; (metrics.json as read
+    back through its schema, the output dir)."""
     from bcd.evaluate import evaluate
+    from bcd.evaluation.result import EvaluationResult
 
     out = tmp_path / name
     out.mkdir(parents=True)
-    return evaluate(compose_config("evaluate", [f"paths.output_dir={out}", "n_boot=200", *overrides])), out
+    result = evaluate(compose_config("evaluate", [f"paths.output_dir={out}", "n_boot=200", *overrides]))
+    stored = EvaluationResult.read(out / "metrics.json")
+    assert stored.metrics.keys() == result.metrics.keys() and stored.class_names == result.class_names
+    return stored.as_dict(), out
 
 
 def run_predict(tmp_path: Path, *overrides: str) -> tuple[dict, list[dict], Path]:
     """bcd.predict.predict with the composed predict config, writing to a fresh dir; (summary, rows, out dir)."""
     from bcd.predict import predict
+    from bcd.reporting.predictions import PredictionSummary
 
     out = tmp_path / f"predict{len(list(tmp_path.glob('predict*')))}"
     out.mkdir()
     summary = predict(compose_config("predict", [f"paths.output_dir={out}", "accelerator=cpu", *overrides]))
-    return summary, read_rows(out / "predictions.csv"), out
+    stored = PredictionSummary.read(out / "predict.json")
+    assert stored == summary
+    return asdict(stored), read_rows(out / "predictions.csv"), out
 
 
 def run_export(out: Path, *overrides: str) -> dict:
