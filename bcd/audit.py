@@ -24,16 +24,16 @@ def run_audit(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.dataset)
     root = datamodule.data_root()
     claim_run_dir(out, root)
-    samples, class_names = load_samples(datamodule.layout, root, datamodule.classes, datamodule.manifest)
+    samples, class_names = load_samples(datamodule.spec.layout, root, datamodule.spec.classes, datamodule.spec.manifest)
     audit = audit_dataset(
-        samples, root, class_names, name=datamodule.name, dedup=datamodule.dedup,
-        near_threshold=datamodule.near_threshold,
-        proxy_groups=datamodule.proxy_groups if datamodule.groups == "proxy" else None,
+        samples, root, class_names, name=datamodule.spec.name, dedup=datamodule.spec.dedup,
+        near_threshold=datamodule.spec.near_threshold,
+        proxy_groups=datamodule.spec.proxy_groups if datamodule.spec.groups == "proxy" else None,
         reader=datamodule.reader, shortcut_folds=cfg.shortcut_folds,
         shortcut_warn_at=cfg.shortcut_warn_at, annotation_warn_margin=cfg.annotation_warn_margin, seed=cfg.seed,
     )
     summary = write_audit_report(out, audit, examples=cfg.examples)
-    log.info("audit of %s written to %s", datamodule.name, out)
+    log.info("audit of %s written to %s", datamodule.spec.name, out)
     return summary
 
 

@@ -18,13 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bcd.config.checks import check_config
 from bcd.config.files import compose
+from bcd.data.plan import plan_split
+from bcd.data.spec import dataset_config
 from bcd.launch import SigtermForwarding, TrainingInterrupted
-from bcd.models.backbone import input_size
 from bcd.runs.run_dir import check_outside_data, data_folder
 from bcd.runs.summary import RunSummary
 from bcd.train import train
@@ -110,11 +110,10 @@ def shared_split(sweep_dir: Path, train_overrides: Sequence[str]) -> Path:
         return Path(cfg.dataset.split_manifest)
     path = sweep_dir / "split_manifest.csv"
     if not path.exists():
-        img_size = input_size(cfg.model)
-        datamodule = instantiate(cfg.dataset, task=cfg.task.name, img_size=img_size, seed=cfg.seed)
+        split = plan_split(dataset_config(OmegaConf.to_container(cfg.dataset, resolve=True)), cfg.task.name, cfg.seed)
         # written aside and moved into place, so a worker never reads another's half-written file
         with tempfile.TemporaryDirectory(dir=sweep_dir) as scratch:
-            datamodule.prepare(Path(scratch))
+            split.write(Path(scratch))
             os.replace(Path(scratch) / "split_manifest.csv", path)
     return path
 

@@ -69,12 +69,12 @@ def train(cfg: DictConfig) -> RunSummary | None:
         loss=to_plain(cfg.loss),
         optimizer=to_plain(cfg.optimizer),
         scheduler=to_plain(cfg.scheduler),
-        class_weights=datamodule.class_weights,
+        class_weights=datamodule.planned.class_weights,
         normalize=cfg.augmentation.normalize,
         colour_norm=to_plain(cfg.colour_norm),
         colour_range=colour_range([s.path for s in datamodule.split_samples("train")], reader=datamodule.reader),
         tta=cfg.tta,
-        mask_annotations=datamodule.mask_annotations,
+        mask_annotations=datamodule.spec.mask_annotations,
     )
     loggers = instantiate_dict(cfg.logger)
     callbacks = instantiate_dict(cfg.callbacks)

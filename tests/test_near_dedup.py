@@ -35,7 +35,7 @@ def test_near_dedup_split_never_separates_a_planted_pair(planted, seed: int) -> 
                          test_fraction=0.25, num_workers=0, img_size=32, seed=seed)
     dm.prepare()
     split_of = {s.path: s.split for s in dm.samples}
-    group_of = dict(zip([s.path for s in dm.samples], dm.group_ids, strict=True))
+    group_of = dict(zip([s.path for s in dm.samples], dm.planned.group_ids, strict=True))
     for first, second in pairs.values():
         assert split_of[first] == split_of[second], (first, second)
         assert group_of[first] == group_of[second]
@@ -46,7 +46,7 @@ def test_exact_dedup_alone_misses_the_resized_copy(planted) -> None:
     root, pairs = planted
     dm = SmearDataModule(name="t", layout="folder", root=str(root), dedup="exact", num_workers=0, img_size=32)
     dm.prepare()
-    group_of = dict(zip([s.path for s in dm.samples], dm.group_ids, strict=True))
+    group_of = dict(zip([s.path for s in dm.samples], dm.planned.group_ids, strict=True))
     assert group_of[pairs["exact"][0]] == group_of[pairs["exact"][1]]
     assert group_of[pairs["resized"][0]] != group_of[pairs["resized"][1]]
     assert dm.split_method == "exact-dedup"

@@ -44,7 +44,7 @@ def test_proxy_group_split_keeps_each_session_whole(sessions, seed: int) -> None
     assert all(len(splits) == 1 for splits in splits_of_session.values()), splits_of_session
     assert {s.split for s in dm.samples} == {"train", "val", "test"}
     assert dm.split_method == "proxy-group"
-    assert len(dm.group_ids) == len(dm.samples) and len(set(dm.group_ids)) == 8
+    assert len(dm.planned.group_ids) == len(dm.samples) and len(set(dm.planned.group_ids)) == 8
 
 
 def test_a_real_group_wins_over_a_proxy() -> None:

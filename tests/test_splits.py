@@ -122,16 +122,16 @@ def test_class_weights_come_from_train_only(image_folder: Path, tmp_path: Path) 
     manifest.write_text("path,label,split\n" + "\n".join(rows) + "\n")
     dm = make_datamodule(image_folder, layout="manifest", manifest=str(manifest))
     dm.prepare()
-    assert dm.class_weights == pytest.approx(class_weights(dm.targets("train"), 4))
-    assert dm.class_weights == pytest.approx([27 / 12, 27 / 32, 27 / 32, 27 / 32])
+    assert dm.planned.class_weights == pytest.approx(class_weights(dm.targets("train"), 4))
+    assert dm.planned.class_weights == pytest.approx([27 / 12, 27 / 32, 27 / 32, 27 / 32])
 
 
 def test_binary_targets_and_weights(image_folder: Path) -> None:
     dm = make_datamodule(image_folder, task="binary", negative_classes=["Benign"])
     dm.prepare()
     assert dm.class_names == ["benign", "malignant"]
-    assert dm.target_of("Benign") == 0 and dm.target_of("Pro") == 1
-    assert len(dm.class_weights) == 2 and dm.class_weights[0] > dm.class_weights[1]
+    assert dm.planned.target_of("Benign") == 0 and dm.planned.target_of("Pro") == 1
+    assert len(dm.planned.class_weights) == 2 and dm.planned.class_weights[0] > dm.planned.class_weights[1]
 
 
 def test_binary_needs_negative_classes(image_folder: Path) -> None:

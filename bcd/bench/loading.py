@@ -73,7 +73,7 @@ def loader_section(cfg: DictConfig, datamodule: SmearDataModule) -> dict[str, An
     """Decoders, bare decode + augment in this process, and loaders with 1 and N workers, cached or not."""
     timing = {"warmup": 1, "repeats": cfg.bench.timing.repeats}
     samples = datamodule.split_samples("train")[: cfg.bench.loader_images]
-    paths, targets = [s.path for s in samples], [datamodule.target_of(s.label) for s in samples]
+    paths, targets = [s.path for s in samples], [datamodule.planned.target_of(s.label) for s in samples]
     size, augment, n = datamodule.img_size, datamodule.augment, len(paths)
 
     result: dict[str, Any] = {"images": n, "img_size": size, "decoders": {}}

@@ -1,12 +1,11 @@
-"""The LightningDataModule: sources -> audit -> splits -> datasets -> loaders, with class weights."""
+"""The LightningDataModule: loads a split plan (bcd.data.plan) into datasets and loaders: per-image or batched augmentation,
+the decoded-image cache, the resident training split, epoch-seeded rank-sharded sampling."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,7 @@ from torch.utils.data import DataLoader
 
 from bcd.data.batch_augment import BatchAugment
 from bcd.data.dataset import SmearDataset, build_cache
-from bcd.data.integrity import audit_files, format_bad_files
-from bcd.data.proxy_groups import describe_proxy_groups, proxy_group_ids
+from bcd.data.plan import SplitPlan, check_options, data_root, plan_split
 from bcd.data.reader import ImageReader
 from bcd.data.resident import RESIDENT_SHARE, ResidentBatches, resident_bytes, to_device
 from bcd.data.samplers import EpochSampler
@@ -26,30 +24,12 @@ from bcd.data.sources import (
     SPLITS,
     DatasetError,
     Sample,
-    check_root,
-    check_typo_classes,
-    load_samples,
-    read_manifest,
 )
-from bcd.data.spec import DatasetConfig
-from bcd.data.splits import (
-    assign_splits,
-    check_hashes,
-    check_split_problems,
-    class_weights,
-    fingerprint,
-    split_counts,
-    split_groups,
-    split_method,
-    split_problems,
-    write_manifest,
-)
-from bcd.data.synthetic import ensure_synthetic_dataset
+from bcd.data.spec import dataset_config
 from bcd.utils.rss import available_memory
 
 log = logging.getLogger(__name__)
 
-BINARY_CLASS_NAMES = ["benign", "malignant"]
 
 
 def default_num_workers() -> int:
@@ -74,74 +54,28 @@ class SmearDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        name: str,
-        layout: str,
-        root: str,
-        manifest: str | None = DatasetConfig.manifest,
-        classes: Sequence[str] | None = DatasetConfig.classes,
-        negative_classes: Sequence[str] | None = DatasetConfig.negative_classes,
-        split_manifest: str | None = DatasetConfig.split_manifest,
-        val_fraction: float = DatasetConfig.val_fraction,
-        test_fraction: float = DatasetConfig.test_fraction,
-        dedup: str = DatasetConfig.dedup,
-        near_threshold: int = DatasetConfig.near_threshold,
-        groups: str | None = DatasetConfig.groups,
-        proxy_groups: int = DatasetConfig.proxy_groups,
-        on_bad_file: str = DatasetConfig.on_bad_file,
-        cache_images: bool = DatasetConfig.cache_images,
-        batch_size: int = DatasetConfig.batch_size,
-        num_workers: int | None = DatasetConfig.num_workers,
-        weighted_sampler: bool = DatasetConfig.weighted_sampler,
-        max_pixels: int | None = DatasetConfig.max_pixels,
-        citation: str | None = DatasetConfig.citation,
-        synthetic_images_per_class: int = DatasetConfig.synthetic_images_per_class,
-        synthetic_image_size: int = DatasetConfig.synthetic_image_size,
-        mask_annotations: bool = DatasetConfig.mask_annotations,
         *,
         task: str = "multiclass",
         img_size: int = 224,
         augment: Sequence[A.BasicTransform] = (),
         batch_augment: BatchAugment | None = None,
         seed: int = 0,
+        plan: SplitPlan | None = None,
+        **dataset: Any,
     ) -> None:
+        """`dataset`: the fields of bcd.data.spec.DatasetConfig (what instantiating a dataset config passes); `plan`:
+        a split already planned (bcd.data.plan.plan_split), else prepare() plans one."""
         super().__init__()
-        if on_bad_file not in ("fail", "skip"):
-            raise DatasetError(f"dataset.on_bad_file: {on_bad_file!r} is not one of ['fail', 'skip']")
-        if task not in ("multiclass", "binary"):
-            raise DatasetError(f"task.name: {task!r} is not one of ['multiclass', 'binary']")
-        if batch_size < 1:
-            raise DatasetError(f"dataset.batch_size: {batch_size} must be >= 1")
-        self.name = name
-        self.layout = layout
-        self.root = root
-        self.manifest = manifest
-        self.classes = list(classes) if classes is not None else None
-        self.negative_classes = list(negative_classes) if negative_classes is not None else None
-        self.split_manifest = split_manifest
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
-        self.dedup = dedup
-        self.near_threshold = near_threshold
-        if groups not in (None, "proxy"):
-            raise DatasetError(f"dataset.groups: {groups!r} is not one of [null, proxy]")
-        self.groups = groups
-        self.proxy_groups = proxy_groups
-        self.on_bad_file = on_bad_file
-        self.cache_images = cache_images
-        self.batch_size = batch_size
+        self.spec = dataset_config(dataset)
+        check_options(self.spec, task)
+        self.task = task
+        self.batch_size = self.spec.batch_size
         # images per loader batch: the memory plan's micro-batch (bcd.models.memory), set by whoever plans one; the
         # batch an optimizer step sees stays batch_size
         self.micro_batch: int | None = None
-        self.num_workers = default_num_workers() if num_workers is None else num_workers
-        self.weighted_sampler = weighted_sampler
-        # every image this datamodule reads (audit, proxy groups, duplicates, training, the cache) goes through it
-        self.reader = ImageReader(max_pixels)
-        self.citation = citation
-        self.synthetic_images_per_class = synthetic_images_per_class
-        self.synthetic_image_size = synthetic_image_size
-        # applied by the model (it travels with the checkpoint), recorded here with the rest of the data's options
-        self.mask_annotations = mask_annotations
-        self.task = task
+        self.num_workers = default_num_workers() if self.spec.num_workers is None else self.spec.num_workers
+        # every image this datamodule reads (training, the cache) goes through it
+        self.reader = ImageReader(self.spec.max_pixels)
         self.img_size = img_size
         if augment and batch_augment is not None:
             raise ValueError("augment (per image in the loader) and batch_augment (per batch on the device): one only")
@@ -151,146 +85,67 @@ class SmearDataModule(L.LightningDataModule):
         self.batch_augment = batch_augment
         self._resident: torch.Tensor | None = None
         self.seed = seed
-        # filled in by prepare()
-        self.data_dir: Path | None = None
-        self.samples: list[Sample] = []
-        self.group_ids: list[str] = []
-        self.proxy_ids: list[str | None] | None = None
-        self.source_classes: list[str] = []
-        self.bad_files: dict[Path, str] = {}
-        self.class_weights: list[float] = []
-        self.problems: dict[str, list[list[Sample]]] = {}
-        self.fingerprint = ""
+        self.plan = plan
         self.datasets: dict[str, SmearDataset] = {}
 
-    # ---- preparing the split (once per process, before the model is built) ----
+    # ---- the split (planned once per process, before the model is built) ----
     def prepare(self, output_dir: Path | None = None, expected_classes: Sequence[str] | None = None,
                 fail_on: Sequence[str] = ()) -> None:
-        """Scan, audit and split the data; write the manifest (and skipped files) to output_dir when given.
-        expected_classes: the classes a trained model predicts, which the data must have (in that order);
-        fail_on: the split checks (bcd.data.splits.SPLIT_CHECKS) that stop the run instead of warning."""
-        root = self.data_dir = self.data_root()
-        if self.split_manifest is not None:
-            samples, classes = read_manifest(self.split_manifest, root, self.classes, key="dataset.split_manifest")
-        else:
-            samples, classes = load_samples(self.layout, root, self.classes, self.manifest)
-        self.source_classes = classes
-        self._check_task_classes()
-        if expected_classes is not None and self.class_names != list(expected_classes):
-            raise DatasetError(
-                f"dataset: classes {self.class_names} differ from the checkpoint's {list(expected_classes)}; set "
-                "dataset.classes to the checkpoint's classes in the same order, or evaluate a checkpoint trained on "
-                "these classes"
-            )
-        audit = audit_files([s.path for s in samples], reader=self.reader)
-        self.bad_files = audit.bad
-        if audit.bad and self.on_bad_file == "fail":
-            raise DatasetError(
-                f"{format_bad_files(audit.bad)}\nFix or remove these files, or run with dataset.on_bad_file=skip "
-                "to leave them out (the list is then written to the run dir)"
-            )
-        if self.split_manifest is not None:
-            check_hashes(samples, audit.hashes, key="dataset.split_manifest")
-        samples = [replace(s, sha1=audit.hashes[s.path]) for s in samples if s.path not in audit.bad]
-        if self.groups == "proxy":
-            # clustered with a fixed seed: the proxy groups describe the data, and must not move with the split seed
-            self.proxy_ids = proxy_group_ids(samples, self.proxy_groups, reader=self.reader)
-            log.info("dataset %s: %s", self.name, describe_proxy_groups(self.proxy_ids))
-        # one id per sample: samples that must share a split side (duplicates, a group) share an id
-        self.group_ids = split_groups(
-            samples, self.dedup, near_threshold=self.near_threshold, proxy_ids=self.proxy_ids, reader=self.reader
-        )
-        self.samples = assign_splits(
-            samples, self.val_fraction, self.test_fraction, self.seed, groups=self.group_ids
-        )
-        if self.classes is None:  # every label became a class: a mistyped one would be a class of its own
-            check_typo_classes(self.samples, self.source_classes, f"dataset {self.name}")
-        self.problems = split_problems(self.samples)
-        check_split_problems(self.problems, fail_on, root)
-        self.class_weights = class_weights(self.targets("train"), len(self.class_names))
-        self.fingerprint = fingerprint(self.samples, root)
-        log.info("dataset %s: %s", self.name, json.dumps(split_counts(self.samples, self.source_classes)))
-        if output_dir is not None:
-            write_manifest(Path(output_dir) / "split_manifest.csv", self.samples, root)
-        if audit.bad:
-            self._report_skipped(audit.bad, output_dir)
+        """Plan the split (bcd.data.plan.plan_split) and leave it in output_dir when given (the manifest, and the
+        files left out). expected_classes, fail_on: as plan_split's."""
+        self.plan = plan_split(self.spec, self.task, self.seed, expected_classes=expected_classes, fail_on=fail_on)
+        self.plan.write(output_dir)
 
-    def _report_skipped(self, bad: dict[Path, str], output_dir: Path | None) -> None:
-        """Warn that dataset.on_bad_file=skip left files out, listing them in output_dir/skipped_files.txt."""
-        if output_dir is None:
-            log.warning("dataset.on_bad_file=skip, leaving out %s", format_bad_files(bad, limit=5))
-            return
-        skipped = Path(output_dir) / "skipped_files.txt"
-        skipped.write_text(format_bad_files(bad, limit=10**9) + "\n")
-        log.warning("dataset.on_bad_file=skip: left out %d unreadable file(s); they are listed in %s", len(bad), skipped)
+    @property
+    def planned(self) -> SplitPlan:
+        """The split plan (an error before prepare() made one)."""
+        if self.plan is None:
+            raise RuntimeError("SmearDataModule: call prepare() (or pass plan=) before using the split")
+        return self.plan
+
+    @property
+    def samples(self) -> list[Sample]:
+        """Every sample with its split (none before the split is planned)."""
+        return self.plan.samples if self.plan is not None else []
+
+    @property
+    def data_dir(self) -> Path | None:
+        """The folder the images are read from (None before the split is planned)."""
+        return self.plan.data_dir if self.plan is not None else None
 
     @property
     def split_method(self) -> str:
         """What the split kept together, to print next to every number (see bcd.data.splits.split_method)."""
-        return split_method(self.dedup, self.samples, self.proxy_ids)
+        return self.planned.split_method
 
     def data_root(self) -> Path:
         """The folder images are read from; for synthetic data it is generated there first."""
-        if self.layout == "synthetic":
-            cache_dir = Path(self.root).expanduser().resolve()
-            return ensure_synthetic_dataset(
-                cache_dir, self.synthetic_images_per_class, self.synthetic_image_size, seed=0
-            )
-        return check_root(self.root)
-
-    def _check_task_classes(self) -> None:
-        """Every task needs two classes or more; task=binary needs dataset.negative_classes among them."""
-        if len(self.source_classes) < 2:
-            source = self.split_manifest or (self.manifest if self.layout == "manifest" else self.data_dir)
-            found = f"only one class ({self.source_classes[0]!r})" if self.source_classes else "no class"
-            raise DatasetError(
-                f"dataset: found {found} in {source}; a classifier needs at least two classes: point dataset.root "
-                "(or dataset.manifest) at the whole dataset, or list two or more classes in dataset.classes"
-            )
-        if self.task != "binary":
-            return
-        if not self.negative_classes:
-            raise DatasetError(
-                "dataset.negative_classes: task=binary needs the benign classes, e.g. "
-                "dataset.negative_classes=[Benign]; every other class counts as malignant"
-            )
-        unknown = sorted(set(self.negative_classes) - set(self.source_classes))
-        if unknown or set(self.negative_classes) == set(self.source_classes):
-            raise DatasetError(
-                f"dataset.negative_classes: {self.negative_classes} must be a proper subset of the classes "
-                f"{self.source_classes}"
-            )
+        return data_root(self.spec)
 
     @property
     def class_names(self) -> list[str]:
         """Names of the model's classes, in output order (benign/malignant for task=binary)."""
-        return BINARY_CLASS_NAMES if self.task == "binary" else self.source_classes
-
-    def target_of(self, label: str) -> int:
-        """The training target of a source label (0/1 for task=binary)."""
-        if self.task == "binary":
-            return int(label not in self.negative_classes)
-        return self.source_classes.index(label)
+        return self.planned.class_names
 
     def split_samples(self, split: str) -> list[Sample]:
         """The samples of one split."""
-        return [s for s in self.samples if s.split == split]
+        return self.planned.split_samples(split)
 
     def targets(self, split: str) -> list[int]:
         """Targets of one split."""
-        return [self.target_of(s.label) for s in self.split_samples(split)]
+        return self.planned.targets(split)
 
     # ---- Lightning hooks ----
     def setup(self, stage: str | None = None) -> None:
         """Build one dataset per split (decoding all images into RAM first when cache_images is on)."""
-        if not self.samples:
+        if self.plan is None:
             self.prepare()
         for split in SPLITS:
             samples = self.split_samples(split)
             if split in self.datasets or not samples:
                 continue
             paths = [s.path for s in samples]
-            cache = build_cache(paths, self.img_size, self.reader) if self.cache_images else None
+            cache = build_cache(paths, self.img_size, self.reader) if self.spec.cache_images else None
             train = split == "train"
             self.datasets[split] = SmearDataset(
                 paths, self.targets(split), self.img_size, self.augment if train else None, cache, self.reader,
@@ -305,8 +160,8 @@ class SmearDataModule(L.LightningDataModule):
         dataset = self.datasets[split]
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         weights = None
-        if train and self.weighted_sampler:
-            weights = [self.class_weights[t] for t in dataset.targets]
+        if train and self.spec.weighted_sampler:
+            weights = [self.planned.class_weights[t] for t in dataset.targets]
         sampler = EpochSampler(
             len(dataset), self.seed, shuffle=train, weights=weights, rank=rank, world_size=world, pad=train
         )
@@ -367,11 +222,7 @@ class SmearDataModule(L.LightningDataModule):
 
     def positive_class_indices(self) -> list[int] | None:
         """Indices of the malignant classes among class_names, for sensitivity and specificity."""
-        if self.task == "binary":
-            return [1]
-        if not self.negative_classes:
-            return None
-        return [i for i, name in enumerate(self.class_names) if name not in self.negative_classes]
+        return self.planned.positive_class_indices()
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """A training batch with its images' seeds (augmentation.device=model) augmented on the device it has just
@@ -395,16 +246,17 @@ class SmearDataModule(L.LightningDataModule):
 
     def describe(self) -> dict[str, Any]:
         """What summary.json records about the data."""
+        plan = self.planned
         return {
-            "name": self.name,
-            "root": str(self.data_dir),
-            "fingerprint": self.fingerprint,
-            "source_classes": self.source_classes,
-            "class_names": self.class_names,
-            "class_weights": self.class_weights,
-            "counts": split_counts(self.samples, self.source_classes),
-            "split_method": self.split_method,
-            "skipped_files": {str(p): r for p, r in self.bad_files.items()},
-            "citation": self.citation,
-            "problems": {check: len(groups) for check, groups in self.problems.items()},
+            "name": self.spec.name,
+            "root": str(plan.data_dir),
+            "fingerprint": plan.fingerprint,
+            "source_classes": plan.source_classes,
+            "class_names": plan.class_names,
+            "class_weights": plan.class_weights,
+            "counts": plan.counts(),
+            "split_method": plan.split_method,
+            "skipped_files": {str(p): r for p, r in plan.bad_files.items()},
+            "citation": self.spec.citation,
+            "problems": {check: len(groups) for check, groups in plan.problems.items()},
         }

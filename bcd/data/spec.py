@@ -4,8 +4,9 @@ section is checked against before evaluation rebuilds the data from it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List, Optional  # noqa: UP035 - OmegaConf reads these annotations at run time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, List, Optional  # noqa: UP035 - OmegaConf reads these annotations at run time
 
 from omegaconf import MISSING
 
@@ -69,3 +70,15 @@ class DatasetConfig:
     # layout=synthetic only: images per class and their side length
     synthetic_images_per_class: int = 40
     synthetic_image_size: int = 224
+
+
+def dataset_config(fields_: Mapping[str, Any]) -> DatasetConfig:
+    """A DatasetConfig of the dataset options a config or a run dir gives (lists as plain lists); an unknown option
+    is an error naming it."""
+    known = {f.name for f in fields(DatasetConfig)}
+    unknown = sorted(set(fields_) - known)
+    if unknown:
+        raise ValueError(f"dataset: unknown option(s) {unknown}; the dataset options are {sorted(known - {'_target_'})}")
+    plain = {key: list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
+             for key, value in fields_.items()}
+    return DatasetConfig(**plain)

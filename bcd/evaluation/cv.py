@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bcd.data.folds import assign_folds, read_folds, write_fold_manifests, write_folds
+from bcd.data.plan import plan_split
+from bcd.data.spec import dataset_config
 from bcd.evaluation import stats
 from bcd.inference.scores import probability_column
 from bcd.models.backbone import input_size
@@ -175,28 +176,27 @@ def ensure_plan(cv_dir: Path, cfg: DictConfig, image_level: bool) -> dict[str, A
                 "run with the planned ones or choose a new cv.dir"
             )
         return plan
-    datamodule = instantiate(cfg.dataset, task=cfg.task.name, img_size=settings["img_size"], seed=cfg.seed)
-    datamodule.prepare()
-    samples = datamodule.samples
-    groups = [f"image{i}" for i in range(len(samples))] if image_level else datamodule.group_ids
+    split = plan_split(dataset_config(OmegaConf.to_container(cfg.dataset, resolve=True)), cfg.task.name, cfg.seed)
+    samples = split.samples
+    groups = [f"image{i}" for i in range(len(samples))] if image_level else split.group_ids
     folds = assign_folds([s.label for s in samples], groups, cfg.folds, cfg.seed)
     write_fold_manifests(
-        cv_dir / "manifests", samples, folds, groups, datamodule.data_dir, cfg.dataset.val_fraction, cfg.seed
+        cv_dir / "manifests", samples, folds, groups, split.data_dir, cfg.dataset.val_fraction, cfg.seed
     )
-    write_folds(cv_dir / "folds.csv", samples, folds, groups, datamodule.data_dir)
+    write_folds(cv_dir / "folds.csv", samples, folds, groups, split.data_dir)
     plan = {
         "folds": cfg.folds,
         "settings": settings,
-        "split_method": IMAGE_LEVEL if image_level else datamodule.split_method,
+        "split_method": IMAGE_LEVEL if image_level else split.split_method,
         "n_images": len(samples),
         "n_groups": len(set(groups)),
         "fold_sizes": [int((folds == f).sum()) for f in range(cfg.folds)],
-        "class_names": datamodule.class_names,
-        "positive_classes": datamodule.positive_class_indices(),
-        "dataset": datamodule.name,
+        "class_names": split.class_names,
+        "positive_classes": split.positive_class_indices(),
+        "dataset": split.name,
         # the folder folds.csv's paths are relative to
-        "root": str(datamodule.data_dir),
-        "fingerprint": datamodule.fingerprint,
+        "root": str(split.data_dir),
+        "fingerprint": split.fingerprint,
         "command": command_line(),
     }
     scratch = cv_dir / f".{PLAN}.{os.getpid()}"

@@ -61,7 +61,7 @@ def score(cfg: DictConfig, run: TrainedRun, model: Classifier, out: Path) -> Eva
         datamodule = instantiate(cfg.dataset, **options)
     else:  # the run's own data and split, rebuilt from its recorded config without running anything in it
         datamodule = run.datamodule(**options)
-    claim_run_dir(out, None if datamodule.layout == "synthetic" else datamodule.root)
+    claim_run_dir(out, None if datamodule.spec.layout == "synthetic" else datamodule.spec.root)
     datamodule.prepare(expected_classes=model.class_names)
     datamodule.setup()
 

@@ -29,6 +29,8 @@ log = logging.getLogger("bcd.models.backbone")
 HEADS = ("linear", "mlp")
 
 # Wrapper prefixes added by Lightning (net.), DDP (module.), torch.compile (_orig_mod.) and some exporters (model.).
+# Our own stripping, not timm's clean_state_dict: that removes only module. and _orig_mod., and a bcd Lightning
+# checkpoint's keys start with net. (timm 1.0.31).
 _WRAPPER_PREFIXES = ("net.", "module.", "model.", "_orig_mod.")
 _CHECKPOINT_KEYS = ("state_dict", "model", "state_dict_ema")
 

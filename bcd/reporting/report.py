@@ -115,17 +115,17 @@ def _data_lines(result: EvaluationResult, run: TrainedRun, datamodule: Any) -> l
     """Where the images came from and how they were split."""
     counts = {split: Counter(s.label for s in datamodule.split_samples(split)) for split in ("train", "val", "test")}
     duplicates = sum(n - 1 for n in Counter(s.sha1 for s in datamodule.samples).values() if n > 1)
-    rows = [[split, *(counts[split][c] for c in datamodule.source_classes), sum(counts[split].values())]
+    rows = [[split, *(counts[split][c] for c in datamodule.planned.source_classes), sum(counts[split].values())]
             for split in counts]
     return [
-        f"- Dataset: **{datamodule.name}** ({datamodule.data_dir}), fingerprint `{datamodule.fingerprint}`",
-        f"- Classes: {', '.join(datamodule.source_classes)}"
-        + (f"; benign: {', '.join(datamodule.negative_classes)}" if datamodule.negative_classes else ""),
+        f"- Dataset: **{datamodule.spec.name}** ({datamodule.data_dir}), fingerprint `{datamodule.planned.fingerprint}`",
+        f"- Classes: {', '.join(datamodule.planned.source_classes)}"
+        + (f"; benign: {', '.join(datamodule.spec.negative_classes)}" if datamodule.spec.negative_classes else ""),
         f"- Split method: **{result.split_method}**, stratified; "
         f"{SPLIT_METHODS.get(result.split_method, 'see the training run')} "
         f"({duplicates} byte-identical duplicate file(s) in the data).",
         "",
-        *markdown_table(["split", *datamodule.source_classes, "total"], rows),
+        *markdown_table(["split", *datamodule.planned.source_classes, "total"], rows),
     ]
 
 

@@ -1,5 +1,10 @@
 """Command-line overrides written from Python values, for the runs bcd composes or starts itself (sweep trials,
-cross-validation folds, pruning arguments)."""
+cross-validation folds, pruning arguments).
+
+Own code, not Hydra's: Hydra parses override strings (OverridesParser) but has no writer for them, and the same
+strings must work on the command line of a trial's or fold's `python -m bcd.train` subprocess (DDP needs one), so
+in-process composition uses them too rather than a second path through override objects that could disagree.
+tests/test_sweep.py round-trips awkward values (commas, quotes, backslashes, ${...}) through Hydra's parser."""
 
 from __future__ import annotations
 
