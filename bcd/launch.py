@@ -1,6 +1,6 @@
-"""Starting a bcd.train run from another command (bcd.sweep's trials, bcd.cv's folds): in this process when it
-trains on one device, else as `python -m bcd.train` in a process of its own (Lightning's DDP launcher needs one),
-with SIGTERM passed on to it."""
+"""Starting a bcd.train run from another command (bcd.sweep's trials, bcd.cv's folds) as `python -m bcd.train` in a
+process of its own (Lightning's DDP launcher needs one; a sweep isolates its trials on the CPU), with SIGTERM passed on
+to it; on_one_device says when the caller may train in its own process instead."""
 
 from __future__ import annotations
 

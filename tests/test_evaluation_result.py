@@ -34,6 +34,9 @@ def stored_metrics() -> dict:
 
 def test_an_earlier_metrics_json_reads_and_gives_the_summary_rows(tmp_path: Path) -> None:
     path = tmp_path / "metrics.json"
+    oldest = {key: value for key, value in stored_metrics().items() if key not in ("runtime", "batch_size")}
+    (tmp_path / "oldest.json").write_text(json.dumps(oldest))
+    assert EvaluationResult.read(tmp_path / "oldest.json").batch_size is None  # before the memory plan
     path.write_text(json.dumps(stored_metrics()))
     result = EvaluationResult.read(path)
     assert result.metrics["acc"].format() == "0.900 [0.800–0.950]" and result.occlusion is None
@@ -46,6 +49,26 @@ def test_an_earlier_metrics_json_reads_and_gives_the_summary_rows(tmp_path: Path
     again = json.loads((tmp_path / "again.json").read_text())
     assert set(again) == set(stored_metrics()) and "occlusion" not in again
     assert again["calibration"]["temperature_status"] is None
+
+
+def test_robust_acc_is_written_as_before(tmp_path: Path) -> None:
+    """With the shift check: robust_acc at the top (null when the robust shift was not among those evaluated) and in
+    shift only when found; without it: neither."""
+    found = EvaluationResult.read(write(tmp_path / "found.json", stored_metrics())).as_dict()
+    assert found["robust_acc"]["value"] == 0.9 and found["shift"]["robust_acc"]["strength"] == 0.15
+    absent = {**stored_metrics(), "robust_acc": None}
+    absent["shift"] = {key: value for key, value in absent["shift"].items() if key != "robust_acc"}
+    written = EvaluationResult.read(write(tmp_path / "absent.json", absent)).as_dict()
+    assert written["robust_acc"] is None and "robust_acc" not in written["shift"]
+    unshifted = {key: value for key, value in stored_metrics().items() if key not in ("robust_acc", "shift")}
+    written = EvaluationResult.read(write(tmp_path / "unshifted.json", unshifted)).as_dict()
+    assert "robust_acc" not in written and "shift" not in written
+
+
+def write(path: Path, data: dict) -> Path:
+    """data as a JSON file at path."""
+    path.write_text(json.dumps(data))
+    return path
 
 
 @pytest.mark.parametrize(("key", "value", "named"), [

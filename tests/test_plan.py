@@ -32,6 +32,11 @@ def test_the_datamodule_loads_a_given_plan_without_planning_again(synthetic_root
     assert [s.path for s in datamodule.split_samples("train")] == [s.path for s in plan.split_samples("train")]
     assert len(datamodule.datasets["val"]) == len(plan.split_samples("val"))
     assert datamodule.describe()["counts"] == plan.counts()
+    (tmp_path / "run").mkdir()
+    datamodule.prepare(tmp_path / "run", expected_classes=plan.class_names)  # a given plan: checked, written, kept
+    assert datamodule.plan is plan and (tmp_path / "run" / "split_manifest.csv").is_file()
+    with pytest.raises(DatasetError, match="differ from the checkpoint's"):
+        datamodule.prepare(expected_classes=["a", "b"])
 
     # written to a run dir and read back, the plan is the same split
     plan.write(tmp_path)

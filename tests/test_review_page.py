@@ -4,7 +4,6 @@ screen of a 17,000-image page in under 3 seconds."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -39,18 +38,18 @@ def shown(page) -> list[str]:
 
 
 def test_the_page_shows_the_numbers_of_metrics_json(evaluated: Path, tmp_path: Path) -> None:
-    from bcd.reporting.report import format_estimate
+    from bcd.evaluation.result import EvaluationResult
 
-    metrics = json.loads((evaluated / "metrics.json").read_text())
+    metrics = EvaluationResult.read(evaluated / "metrics.json")
     with open_page(evaluated / "report.html") as visit:
         visit.page.wait_for_selector("#gallery .card")
         visit.page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
         summary = dict(zip(visit.page.locator("table >> nth=0 >> th").all_text_contents(),
                            visit.page.locator("table >> nth=0 >> td").all_text_contents(), strict=True))
         assert visit.errors == [] and visit.outside_requests() == []
-    assert summary["Accuracy [95% CI]"] == format_estimate(metrics["metrics"]["acc"])
-    assert summary["Macro F1 [95% CI]"] == format_estimate(metrics["metrics"]["macro_f1"])
-    assert summary["robust_acc: accuracy under channel_gain ±15% [95% CI]"] == format_estimate(metrics["robust_acc"])
+    assert summary["Accuracy [95% CI]"] == metrics.metrics["acc"].format()
+    assert summary["Macro F1 [95% CI]"] == metrics.metrics["macro_f1"].format()
+    assert summary["robust_acc: accuracy under channel_gain ±15% [95% CI]"] == metrics.robust_acc.estimate.format()
     assert (tmp_path / "review.png").stat().st_size > 10_000
 
 

@@ -26,6 +26,7 @@ from bcd.data.sources import (
     Sample,
 )
 from bcd.data.spec import dataset_config
+from bcd.data.splits import check_split_problems
 from bcd.utils.rss import available_memory
 
 log = logging.getLogger(__name__)
@@ -91,9 +92,13 @@ class SmearDataModule(L.LightningDataModule):
     # ---- the split (planned once per process, before the model is built) ----
     def prepare(self, output_dir: Path | None = None, expected_classes: Sequence[str] | None = None,
                 fail_on: Sequence[str] = ()) -> None:
-        """Plan the split (bcd.data.plan.plan_split) and leave it in output_dir when given (the manifest, and the
-        files left out). expected_classes, fail_on: as plan_split's."""
-        self.plan = plan_split(self.spec, self.task, self.seed, expected_classes=expected_classes, fail_on=fail_on)
+        """Plan the split (bcd.data.plan.plan_split) unless a plan was given, check a given one the same way, and leave
+        it in output_dir when given (the manifest, and the files left out). expected_classes, fail_on: as plan_split's."""
+        if self.plan is None:
+            self.plan = plan_split(self.spec, self.task, self.seed, expected_classes=expected_classes, fail_on=fail_on)
+        else:
+            self.plan.check_classes(expected_classes)
+            check_split_problems(self.plan.problems, fail_on, self.plan.data_dir)
         self.plan.write(output_dir)
 
     @property

@@ -55,6 +55,8 @@ class SplitPlan:
     # groups of byte-identical files found by each split check (bcd.data.splits.SPLIT_CHECKS)
     problems: dict[str, list[list[Sample]]] = field(default_factory=dict)
     fingerprint: str = ""
+    # balanced class weights of the training split (scikit-learn's, bcd.data.splits.class_weights)
+    class_weights: list[float] = field(default_factory=list)
 
     @property
     def class_names(self) -> list[str]:
@@ -76,11 +78,6 @@ class SplitPlan:
         return [self.target_of(s.label) for s in self.split_samples(split)]
 
     @property
-    def class_weights(self) -> list[float]:
-        """Balanced class weights of the training split (scikit-learn's, bcd.data.splits.class_weights)."""
-        return class_weights(self.targets("train"), len(self.class_names))
-
-    @property
     def split_method(self) -> str:
         """What the split kept together, to print next to every number (bcd.data.splits.split_method)."""
         return split_method(self.dedup, self.samples, self.proxy_ids)
@@ -92,6 +89,15 @@ class SplitPlan:
         if not self.negative_classes:
             return None
         return [i for i, name in enumerate(self.class_names) if name not in self.negative_classes]
+
+    def check_classes(self, expected_classes: Sequence[str] | None) -> None:
+        """Refuse data whose classes are not the ones a trained model predicts (in that order)."""
+        if expected_classes is not None and self.class_names != list(expected_classes):
+            raise DatasetError(
+                f"dataset: classes {self.class_names} differ from the checkpoint's {list(expected_classes)}; set "
+                "dataset.classes to the checkpoint's classes in the same order, or evaluate a checkpoint trained on "
+                "these classes"
+            )
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Images per split and source class."""
@@ -136,12 +142,7 @@ def plan_split(spec: DatasetConfig, task: str, seed: int, *, expected_classes: S
     plan = SplitPlan(name=spec.name, data_dir=root, task=task, source_classes=classes,
                      negative_classes=list(spec.negative_classes) if spec.negative_classes is not None else None,
                      samples=[], group_ids=[], proxy_ids=None, dedup=spec.dedup)
-    if expected_classes is not None and plan.class_names != list(expected_classes):
-        raise DatasetError(
-            f"dataset: classes {plan.class_names} differ from the checkpoint's {list(expected_classes)}; set "
-            "dataset.classes to the checkpoint's classes in the same order, or evaluate a checkpoint trained on "
-            "these classes"
-        )
+    plan.check_classes(expected_classes)
     reader = ImageReader(spec.max_pixels)
     audit = audit_files([s.path for s in samples], reader=reader)
     plan.bad_files = audit.bad
@@ -164,6 +165,7 @@ def plan_split(spec: DatasetConfig, task: str, seed: int, *, expected_classes: S
         check_typo_classes(plan.samples, classes, f"dataset {spec.name}")
     plan.problems = split_problems(plan.samples)
     check_split_problems(plan.problems, fail_on, root)
+    plan.class_weights = class_weights(plan.targets("train"), len(plan.class_names))
     plan.fingerprint = fingerprint(plan.samples, root)
     log.info("dataset %s: %s", spec.name, json.dumps(plan.counts()))
     return plan

@@ -79,6 +79,9 @@ def dataset_config(fields_: Mapping[str, Any]) -> DatasetConfig:
     unknown = sorted(set(fields_) - known)
     if unknown:
         raise ValueError(f"dataset: unknown option(s) {unknown}; the dataset options are {sorted(known - {'_target_'})}")
+    missing = [key for key in ("name", "root") if key not in fields_]
+    if missing:
+        raise ValueError(f"dataset: {missing} must be given (a short name and the folder of the images)")
     plain = {key: list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
              for key, value in fields_.items()}
     return DatasetConfig(**plain)

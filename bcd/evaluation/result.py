@@ -100,11 +100,12 @@ class CalibrationSummary:
         return self.temperature_status or "none fitted"
 
 
-# the checks an evaluation may skip: metrics.json leaves out the key of one that did not run
-OPTIONAL_CHECKS = ("robust_acc", "shift", "background_only", "occlusion")
+# the checks an evaluation may skip: metrics.json leaves out the key of one that did not run (robust_acc goes with
+# shift: null when the shifts evaluated do not include shift.robust_kind at shift.robust_strength)
+OPTIONAL_CHECKS = ("shift", "background_only", "occlusion")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EvaluationResult:
     """metrics.json: one evaluation of one checkpoint on one split."""
 
@@ -113,9 +114,11 @@ class EvaluationResult:
     split: str
     n_images: int
     tta: bool
-    runtime: str
-    # the evaluation's batch (evaluate's batch_size, or fewer when that many would not fit memory_budget)
-    batch_size: int
+    # torch or onnx (metrics.json before the one inference path does not say)
+    runtime: Optional[str] = None  # noqa: UP045
+    # the evaluation's batch (evaluate's batch_size, or fewer when that many would not fit memory_budget; metrics.json
+    # before the memory plan does not say)
+    batch_size: Optional[int] = None  # noqa: UP045
     # the method that made the split (bcd.data.splits.split_method)
     split_method: Optional[str]  # noqa: UP045
     class_names: List[str]  # noqa: UP006
@@ -136,6 +139,10 @@ class EvaluationResult:
     def as_dict(self) -> dict[str, Any]:
         """The plain data metrics.json holds (a check that did not run is left out)."""
         data = asdict(self)
+        if self.shift is None:
+            del data["robust_acc"]
+        elif self.shift.robust_acc is None:
+            del data["shift"]["robust_acc"]
         return {key: value for key, value in data.items() if not (key in OPTIONAL_CHECKS and value is None)}
 
     def write(self, path: Path) -> None:

@@ -42,11 +42,6 @@ SPLIT_METHODS = {
 }
 
 
-def format_estimate(estimate: Mapping[str, float], digits: int = 3) -> str:
-    """A stored {"value", "low", "high"} as "value [low–high]"."""
-    return Estimate(estimate["value"], estimate["low"], estimate["high"]).format(digits)
-
-
 def shift_table(shift: ShiftCheck) -> list[list[str]]:
     """Rows (shift, strength, accuracy, macro-F1) for a markdown table."""
     return [
