@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from omegaconf import OmegaConf
 
 from bcd.config.checks import to_plain
 from bcd.models.classifier import Classifier
+from bcd.utils.errors import ConfigError
 from tests.helpers.configs import compose_train, tiny_overrides
 
 NATIVE_SIZES = {"b0": 224, "b1": 240, "b2": 260, "b3": 300, "b4": 380, "b5": 456, "b6": 528, "b7": 600}
@@ -94,3 +96,30 @@ def test_unit_normalisation_feeds_the_network_0_to_1(synthetic_cache: Path) -> N
     images[..., :16] = 255
     model(images)
     assert float(seen["x"].min()) == 0.0 and float(seen["x"].max()) == 1.0
+
+
+def test_options_with_fixed_choices_are_enums_checked_where_they_enter() -> None:
+    """dataset.layout/dedup/groups/on_bad_file and test_checkpoint are enums of strings: composing, the Python API and
+    a stored run dir refuse another value naming the key and the choices; a member is its string everywhere."""
+    from hydra.errors import ConfigCompositionException
+
+    from bcd.config.checks import check_config
+    from bcd.data.spec import DatasetConfig, Dedup, dataset_config
+    from bcd.models.registry import StoredConfigError, checked
+
+    with pytest.raises(ConfigCompositionException) as composing:
+        compose_train(["dataset.dedup=nearr"])
+    assert "expected one of [none, exact, near]" in str(composing.value.__cause__)
+    cfg = compose_train(["dataset.dedup=near"])
+    assert cfg.dataset.dedup == "near" and f"{cfg.dataset.dedup}-dedup" == "near-dedup"
+    assert OmegaConf.to_yaml(cfg.dataset).count("dedup: near") == 1
+    with pytest.raises(ValueError, match=r"dataset.on_bad_file: 'ignore' is not one of \['fail', 'skip'\]"):
+        dataset_config({"name": "t", "root": ".", "on_bad_file": "ignore"})
+    stored = {"name": "t", "root": ".", "dedup": "nearr"}
+    with pytest.raises(StoredConfigError, match=r"run/config.yaml: dataset.dedup: 'nearr' is not one of"):
+        checked(DatasetConfig, stored, "run/config.yaml: dataset")
+    assert checked(DatasetConfig, {**stored, "dedup": "near"}, "x").dedup is Dedup.near
+    for override, message in [("test_checkpoint=worst", r"test_checkpoint: 'worst' is not one of \['best', 'last'\]"),
+                              ("tta=maybe", "tta: 'maybe' is not a bool"), ("seed=1.5", "seed: 1.5 is not a int")]:
+        with pytest.raises(ConfigError, match=message):
+            check_config(compose_train([override]))

@@ -46,8 +46,10 @@ def test_the_datamodule_loads_a_given_plan_without_planning_again(synthetic_root
 
 
 def test_a_plan_refuses_bad_options_before_reading_a_file(tmp_path: Path) -> None:
-    spec = dataset_config({"name": "t", "root": str(tmp_path / "missing"), "on_bad_file": "ignore"})
-    with pytest.raises(DatasetError, match="dataset.on_bad_file: 'ignore'"):
+    with pytest.raises(ValueError, match="dataset.on_bad_file: 'ignore' is not one of"):
+        dataset_config({"name": "t", "root": str(tmp_path / "missing"), "on_bad_file": "ignore"})
+    spec = dataset_config({"name": "t", "root": str(tmp_path / "missing"), "batch_size": 0})
+    with pytest.raises(DatasetError, match="dataset.batch_size: 0 must be >= 1"):
         plan_split(spec, "multiclass", 0)
     with pytest.raises(ValueError, match=r"dataset: unknown option\(s\) \['dedupe'\]"):
         dataset_config({"name": "t", "root": ".", "dedupe": "near"})

@@ -8,6 +8,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from bcd.config.train_config import train_options
+from bcd.data.plan import TASKS
 from bcd.models.memory import budget_bytes, given_micro_batch, training_budget
 from bcd.utils.errors import ConfigError
 
@@ -44,23 +46,18 @@ def check_config(cfg: DictConfig) -> None:
             "(torch.cuda.is_available() is False); use trainer.accelerator=cpu or auto"
         )
     _check_training_length(cfg.trainer)
+    options = train_options(cfg)  # train.yaml's own keys: types and choices
     _check_audit(cfg)
     _check_memory(cfg)
-    if cfg.task.name not in ("multiclass", "binary"):
-        raise ConfigError(f"task: {cfg.task.name!r} is not one of ['multiclass', 'binary']")
-    if cfg.get("test_checkpoint", "best") not in ("best", "last"):
-        raise ConfigError(f"test_checkpoint: {cfg.test_checkpoint!r} is not one of ['best', 'last']")
-    if not isinstance(cfg.get("tta", False), bool):
-        raise ConfigError(f"tta: {cfg.tta!r} is not true or false")
-    val_every_images = cfg.get("val_every_images")
-    if val_every_images is not None:
+    if cfg.task.name not in TASKS:
+        raise ConfigError(f"task: {cfg.task.name!r} is not one of {list(TASKS)}")
+    if options.val_every_images is not None:
         from bcd.models.fitting import ValidationEveryImages
 
-        ValidationEveryImages(val_every_images)  # refuses anything but a positive whole number
-    ema_epochs = cfg.get("ema_epochs")
-    if ema_epochs is not None and (isinstance(ema_epochs, bool) or not isinstance(ema_epochs, (int, float))
-                                   or ema_epochs <= 0):
-        raise ConfigError(f"ema_epochs: {ema_epochs!r} is not a positive number of epochs (or null for no averaging)")
+        ValidationEveryImages(options.val_every_images)  # refuses anything but a positive whole number
+    if options.ema_epochs is not None and options.ema_epochs <= 0:
+        raise ConfigError(f"ema_epochs: {options.ema_epochs!r} is not a positive number of epochs (or null for no "
+                          "averaging)")
 
 
 def _check_training_length(trainer: DictConfig) -> None:

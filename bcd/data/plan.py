@@ -173,12 +173,8 @@ def plan_split(spec: DatasetConfig, task: str, seed: int, *, expected_classes: S
 
 def check_options(spec: DatasetConfig, task: str) -> None:
     """The options a plan needs, checked before any file is read."""
-    if spec.on_bad_file not in ("fail", "skip"):
-        raise DatasetError(f"dataset.on_bad_file: {spec.on_bad_file!r} is not one of ['fail', 'skip']")
     if task not in TASKS:
         raise DatasetError(f"task.name: {task!r} is not one of {list(TASKS)}")
-    if spec.groups not in (None, "proxy"):
-        raise DatasetError(f"dataset.groups: {spec.groups!r} is not one of [null, proxy]")
     if spec.batch_size < 1:
         raise DatasetError(f"dataset.batch_size: {spec.batch_size} must be >= 1")
 

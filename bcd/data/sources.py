@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from bcd.data.decode import IMAGE_EXTENSIONS
+from bcd.data.spec import Layout
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-LAYOUTS = ("folder", "presplit", "manifest", "synthetic")
+LAYOUTS = tuple(str(layout) for layout in Layout)
 # A manifest label is taken for a typo of another when it has at most TYPO_SHARE as many rows as that label and
 # difflib rates the two spellings at least TYPO_SIMILARITY alike ('Benjgn' vs 'Benign': 0.83; 'Pre' vs 'Pro': 0.67).
 # A genuinely rare class with a close name is kept by listing it in dataset.classes, which skips this guess.

@@ -4,8 +4,10 @@ section is checked against before evaluation rebuilds the data from it."""
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from enum import StrEnum
 from typing import Any, List, Optional  # noqa: UP035 - OmegaConf reads these annotations at run time
 
 from omegaconf import MISSING
@@ -13,6 +15,38 @@ from omegaconf import MISSING
 from bcd.data.decode import MAX_PIXELS
 
 DATAMODULE = "bcd.data.datamodule.SmearDataModule"
+
+
+# The options with a fixed set of values, as enums of strings: OmegaConf refuses any other value when the config is
+# composed (naming the key and the choices), and a member is its string wherever it is compared, formatted or saved.
+class Layout(StrEnum):
+    """How a dataset's files are organised (dataset.layout)."""
+
+    folder = "folder"
+    presplit = "presplit"
+    manifest = "manifest"
+    synthetic = "synthetic"
+
+
+class Dedup(StrEnum):
+    """Which duplicates a split keeps on one side (dataset.dedup)."""
+
+    none = "none"
+    exact = "exact"
+    near = "near"
+
+
+class Grouping(StrEnum):
+    """Groups made for images without a real group (dataset.groups; null: none)."""
+
+    proxy = "proxy"
+
+
+class OnBadFile(StrEnum):
+    """What an unreadable file does (dataset.on_bad_file)."""
+
+    fail = "fail"
+    skip = "skip"
 
 
 @dataclass
@@ -26,7 +60,7 @@ class DatasetConfig:
     # presplit: <root>/{train,val,test}/<class>/*.jpg (val is carved from train when missing)
     # manifest: a CSV (dataset.manifest) with path,label[,group][,split]; paths relative to root
     # synthetic: generated blood smears, written once to <root>/ and then read like a folder
-    layout: str = "folder"
+    layout: Layout = Layout.folder
     root: str = MISSING
     manifest: Optional[str] = None  # noqa: UP045
     # class names in a fixed order (saved with the run); null: the class folder names, sorted
@@ -39,19 +73,19 @@ class DatasetConfig:
     test_fraction: float = 0.15
     # exact: byte-identical files always share a split side; near: also near-duplicates (resized, re-encoded
     # copies: perceptual hashes at most near_threshold bits apart); none: ignore duplicates
-    dedup: str = "exact"
+    dedup: Dedup = Dedup.exact
     # dedup=near and the audit: how many of the 64 bits of two perceptual hashes may differ for a near-duplicate
     near_threshold: int = 6
     # null: split by image (and the manifest's group column, when there is one); proxy: images without a real
     # group are clustered by acquisition colour (colour balance of the background and of the stain) into
     # pseudo-sessions that the split keeps whole: a stand-in for the missing patient ids, not patients
-    groups: Optional[str] = None  # noqa: UP045
+    groups: Optional[Grouping] = None  # noqa: UP045
     # groups=proxy: clusters per class (within each class, so every class has several groups to split; on the
     # real sample 4 leave whole classes out of val and test, 8 do not)
     proxy_groups: int = 8
     # an unreadable file (corrupt, truncated, not an image, a broken link): fail (list them and stop) or skip
     # (list them and go on)
-    on_bad_file: str = "fail"
+    on_bad_file: OnBadFile = OnBadFile.fail
     # keep decoded images in RAM (shared with loader workers, if any): for datasets that fit
     cache_images: bool = False
     # per device (Lightning's meaning); the global batch is batch_size x devices
@@ -84,4 +118,12 @@ def dataset_config(fields_: Mapping[str, Any]) -> DatasetConfig:
         raise ValueError(f"dataset: {missing} must be given (a short name and the folder of the images)")
     plain = {key: list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
              for key, value in fields_.items()}
+    hints = typing.get_type_hints(DatasetConfig)
+    for key, value in plain.items():
+        choices = next((arg for arg in (hints[key], *typing.get_args(hints[key])) if isinstance(arg, type)
+                        and issubclass(arg, StrEnum)), None)
+        if choices is not None and value is not None:
+            if value not in set(choices):
+                raise ValueError(f"dataset.{key}: {value!r} is not one of {[str(c) for c in choices]}")
+            plain[key] = choices(value)
     return DatasetConfig(**plain)

@@ -18,13 +18,14 @@ from sklearn.utils.class_weight import compute_class_weight
 from bcd.data.near_duplicates import near_duplicate_pairs, perceptual_hashes
 from bcd.data.reader import DEFAULT_READER, ImageReader
 from bcd.data.sources import SPLITS, DatasetError, Sample, relative_name
+from bcd.data.spec import Dedup
 
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ("path", "label", "group", "split", "sha1")
 
 
-DEDUP_MODES = ("exact", "near", "none")
+DEDUP_MODES = tuple(str(mode) for mode in Dedup)
 
 
 def split_groups(

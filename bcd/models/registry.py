@@ -13,6 +13,7 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING as MISSING_VALUE
 from dataclasses import asdict, dataclass, fields, is_dataclass
+from enum import Enum
 from typing import Any
 
 from omegaconf import MISSING as OMEGACONF_MISSING
@@ -93,7 +94,8 @@ def checked(schema: type, stored: Any, where: str) -> Any:
 
 
 def _typed(annotation: Any, value: Any, where: str) -> Any:
-    """value, checked against a type annotation of a schema (plain types, Optional, List, Dict, Any, dataclasses)."""
+    """value, checked against a type annotation of a schema (plain types, enums of strings, Optional, List, Dict, Any,
+    dataclasses)."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if annotation is Any:
         return _plain(value, where)
@@ -104,6 +106,10 @@ def _typed(annotation: Any, value: Any, where: str) -> Any:
         return _typed(inner, value, where)
     if is_dataclass(annotation):
         return checked(annotation, value, where)
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        if isinstance(value, str) and value in {member.value for member in annotation}:
+            return annotation(value)
+        raise StoredConfigError(f"{where}: {short_repr(value)} is not one of {[m.value for m in annotation]}")
     if origin is list and isinstance(value, list | tuple):
         return [_typed(args[0], item, f"{where}[{i}]") for i, item in enumerate(value)]
     if origin is dict and isinstance(value, Mapping) and all(isinstance(key, str) for key in value):
