@@ -113,6 +113,7 @@ def test_options_with_fixed_choices_are_enums_checked_where_they_enter() -> None
     cfg = compose_train(["dataset.dedup=near"])
     assert cfg.dataset.dedup == "near" and f"{cfg.dataset.dedup}-dedup" == "near-dedup"
     assert OmegaConf.to_yaml(cfg.dataset).count("dedup: near") == 1
+    assert type(to_plain(cfg.dataset)["dedup"]) is str  # loggers and checkpoints store plain strings
     with pytest.raises(ValueError, match=r"dataset.on_bad_file: 'ignore' is not one of \['fail', 'skip'\]"):
         dataset_config({"name": "t", "root": ".", "on_bad_file": "ignore"})
     stored = {"name": "t", "root": ".", "dedup": "nearr"}

@@ -78,9 +78,10 @@ def _check_training_length(trainer: DictConfig) -> None:
 
 
 def to_plain(node: Any) -> Any:
-    """A resolved plain dict/list copy of a config node (what checkpoints and loggers can store)."""
+    """A resolved plain dict/list copy of a config node (what checkpoints and loggers can store: the enum options as
+    their strings, which YAML writers such as the CSV logger's hparams.yaml would otherwise tag as Python objects)."""
     if isinstance(node, DictConfig) or OmegaConf.is_list(node):
-        return OmegaConf.to_container(node, resolve=True)
+        return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
     return node
 
 
