@@ -307,7 +307,7 @@ def test_the_occlusion_check_flags_a_model_that_reads_a_corner_stamp(tmp_path: P
     """The case the dataset audit cannot see when colour already separates the classes: a green stamp in a corner of
     every Pre image. Occluding the corners costs the stamp reader everything; the same area elsewhere nothing."""
     from bcd.data.reader import DEFAULT_READER
-    from bcd.evaluation.robustness import corner_occlusion
+    from bcd.evaluation.robustness import AlteredScoring, corner_occlusion
 
     paths, targets = [], []
     for i in range(24):
@@ -319,7 +319,8 @@ def test_the_occlusion_check_flags_a_model_that_reads_a_corner_stamp(tmp_path: P
         Image.fromarray(image).save(paths[-1])
         targets.append(i % 2)
     options = {"class_names": ["Early", "Pre"], "positive_classes": None, "n_boot": 200, "ci": 0.95, "seed": 0}
-    result = corner_occlusion(CornerReader(), paths, np.array(targets), 48, DEFAULT_READER, {"batch_size": 8}, options)
+    result = corner_occlusion(AlteredScoring(CornerReader(), paths, np.array(targets), 48, DEFAULT_READER,
+                                             {"batch_size": 8}, options))
     assert result.corners.value == 0.5 and result.elsewhere.value == 1.0
     assert result.drop.value == 0.5 and result.drop.low > 0 and result.flagged
 

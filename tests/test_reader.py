@@ -25,7 +25,7 @@ from bcd.data.shifted import ShiftedImages
 from bcd.data.splits import split_groups
 from bcd.evaluation.annotation_marks import annotation_audit
 from bcd.evaluation.dataset_audit import audit_dataset
-from bcd.evaluation.robustness import background_only, corner_occlusion, evaluate_shifts
+from bcd.evaluation.robustness import AlteredScoring, background_only, corner_occlusion, evaluate_shifts
 from tests.helpers.paths import REPO
 
 READERS = [SmearDataset, AlteredImages, ShiftedImages, OccludedImages, build_cache, audit_files, colour_range,
@@ -43,7 +43,9 @@ def test_everything_that_reads_images_takes_a_reader_whose_default_has_the_limit
 @pytest.mark.parametrize("check", [evaluate_shifts, background_only, corner_occlusion],
                          ids=["evaluate_shifts", "background_only", "corner_occlusion"])
 def test_every_evaluation_check_must_be_given_the_reader(check: object) -> None:
-    assert inspect.signature(check).parameters["reader"].default is inspect.Parameter.empty
+    """Each check scores through an AlteredScoring, whose reader has no default (the datamodule's must be passed)."""
+    assert inspect.signature(check).parameters["scoring"].annotation == "AlteredScoring"
+    assert inspect.signature(AlteredScoring).parameters["reader"].default is inspect.Parameter.empty
 
 
 def test_no_module_defaults_max_pixels_to_no_limit() -> None:

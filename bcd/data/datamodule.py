@@ -19,7 +19,7 @@ from bcd.data.dataset import SmearDataset, build_cache
 from bcd.data.plan import SplitPlan, check_options, data_root, plan_split
 from bcd.data.reader import ImageReader
 from bcd.data.resident import RESIDENT_SHARE, ResidentBatches, resident_bytes, to_device
-from bcd.data.samplers import EpochSampler
+from bcd.data.samplers import EpochSampler, batch_count
 from bcd.data.sources import (
     SPLITS,
     DatasetError,
@@ -213,8 +213,7 @@ class SmearDataModule(L.LightningDataModule):
     def train_batches_per_epoch(self, world_size: int = 1) -> int:
         """The batches each rank's training loader yields in an epoch (what Lightning's val_check_interval counts)."""
         items = len(EpochSampler(len(self.split_samples("train")), self.seed, shuffle=True, world_size=world_size))
-        size = self.loader_batch_size
-        return items // size if self._drop_last(items, train=True) else -(-items // size)
+        return batch_count(items, self.loader_batch_size, self._drop_last(items, train=True))
 
     @property
     def loader_batch_size(self) -> int:

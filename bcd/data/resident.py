@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from bcd.data.samplers import EpochSampler
+from bcd.data.samplers import EpochSampler, batch_count
 
 # at most this share of the device's free memory goes to a resident training split
 RESIDENT_SHARE = 0.25
@@ -38,8 +38,7 @@ class ResidentBatches:
         self.drop_last = drop_last
 
     def __len__(self) -> int:
-        items = len(self.sampler)
-        return items // self.batch_size if self.drop_last else -(-items // self.batch_size)
+        return batch_count(len(self.sampler), self.batch_size, self.drop_last)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         order = np.array(list(self.sampler), dtype=np.int64).reshape(-1, 2)

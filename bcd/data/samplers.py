@@ -62,3 +62,8 @@ class EpochSampler(Sampler[tuple[int, int]]):
         if self.pad:
             return -(-self.num_samples // self.world_size)
         return len(range(self.rank, self.num_samples, self.world_size))
+
+
+def batch_count(items: int, batch_size: int, drop_last: bool) -> int:
+    """The batches a loader makes of `items` images: whole batches only when it drops the last, incomplete one."""
+    return items // batch_size if drop_last else -(-items // batch_size)

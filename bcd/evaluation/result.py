@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional  # noqa: UP035 - the schemas' annotations are read at run time
 
 from bcd.evaluation.stats import Estimate
-from bcd.models.registry import StoredConfigError, checked
+from bcd.models.registry import checked_file
 from bcd.runs.run_dir import write_json
-from bcd.utils.stored import load_stored_json
 
 # the metrics every check reports per shift strength (accuracy and macro-F1, with CIs)
 SHIFT_METRICS = ("acc", "macro_f1")
@@ -152,9 +151,5 @@ class EvaluationResult:
     @classmethod
     def read(cls, path: Path) -> EvaluationResult:
         """A metrics.json, every field checked against this schema (plain data only)."""
-        try:
-            data = load_stored_json(path, "a metrics.json")
-        except OSError as error:
-            raise StoredConfigError(f"{path}: cannot read it as JSON ({error})") from error
-        return checked(cls, data, str(path))
+        return checked_file(cls, path, "a metrics.json")
 

@@ -4,11 +4,12 @@ check), the cells removed (background only) and the corners occluded against the
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from bcd.data.background import BackgroundOnlyImages
 from bcd.data.occlusion import OCCLUDED_SIDE, PLACES, OccludedImages
@@ -27,28 +28,37 @@ from bcd.inference.runners import Runner, score_loader
 from bcd.inference.scores import probabilities
 
 
-def evaluate_shifts(
-    runner: Runner,
-    paths: Sequence[Path],
-    targets: np.ndarray,
-    img_size: int,
-    reader: ImageReader,
-    shift: Mapping[str, Any],
-    plain: Mapping[str, stats.Estimate],
-    loader_options: Mapping[str, Any],
-    bootstrap_options: Mapping[str, Any],
-    tta: bool = False,
-) -> ShiftCheck:
-    """Accuracy and macro-F1 (with CIs) for every shift kind and strength; strength 0 is the plain evaluation.
-    Images are scored as the plain evaluation scores them (the runner, with or without tta)."""
+@dataclass
+class AlteredScoring:
+    """What every check scores its altered images with, as the plain evaluation scores the originals: the runner (with
+    or without tta), the images, their targets, the reader and resolution they are loaded with, the loader's options
+    and the bootstrap's."""
+
+    runner: Runner
+    paths: Sequence[Path]
+    targets: np.ndarray
+    img_size: int
+    reader: ImageReader
+    loader_options: Mapping[str, Any]
+    bootstrap_options: Mapping[str, Any]
+    tta: bool = False
+
+    def score(self, images: Dataset, described: str) -> tuple[np.ndarray, dict[str, stats.Estimate]]:
+        """The probabilities of one altered copy of the images and their bootstrapped metrics."""
+        logits, _ = score_loader(self.runner, DataLoader(images, **self.loader_options), self.tta, described)
+        probs = probabilities(logits).numpy()
+        return probs, stats.bootstrap(probs, self.targets, **self.bootstrap_options)
+
+
+def evaluate_shifts(scoring: AlteredScoring, shift: Mapping[str, Any], plain: Mapping[str, stats.Estimate]) -> ShiftCheck:
+    """Accuracy and macro-F1 (with CIs) for every shift kind and strength; strength 0 is the plain evaluation."""
     rows = []
     for kind in shift["kinds"]:
         rows.append(ShiftRow(kind, 0.0, **{m: plain[m] for m in SHIFT_METRICS}))
         for strength in shift["strengths"]:
-            images = ShiftedImages(paths, targets.tolist(), img_size, kind, strength, shift["seed"], reader)
-            logits, _ = score_loader(runner, DataLoader(images, **loader_options), tta,
-                                     f"colour shift {kind} ±{strength:.0%}")
-            estimates = stats.bootstrap(probabilities(logits).numpy(), targets, **bootstrap_options)
+            images = ShiftedImages(scoring.paths, scoring.targets.tolist(), scoring.img_size, kind, strength,
+                                   shift["seed"], scoring.reader)
+            _, estimates = scoring.score(images, f"colour shift {kind} ±{strength:.0%}")
             rows.append(ShiftRow(kind, float(strength), **{m: estimates[m] for m in SHIFT_METRICS}))
     robust = [r.acc for r in rows if r.kind == shift["robust_kind"] and r.strength == shift["robust_strength"]]
     robust_acc = RobustAccuracy(shift["robust_kind"], float(shift["robust_strength"]), robust[0].value, robust[0].low,
@@ -60,22 +70,12 @@ def evaluate_shifts(
 BACKGROUND_FLAG_MARGIN = 0.15
 
 
-def background_only(
-    runner: Runner,
-    paths: Sequence[Path],
-    targets: np.ndarray,
-    img_size: int,
-    reader: ImageReader,
-    loader_options: Mapping[str, Any],
-    bootstrap_options: Mapping[str, Any],
-    tta: bool = False,
-) -> BackgroundCheck:
+def background_only(scoring: AlteredScoring) -> BackgroundCheck:
     """Accuracy (with its CI) on the same images with their cells removed (bcd.data.background); flagged when the
     model is well above chance (1 / classes) without any cell: it reads the slide, not the cell."""
-    images = BackgroundOnlyImages(paths, targets.tolist(), img_size, reader)
-    logits, _ = score_loader(runner, DataLoader(images, **loader_options), tta, "background only (cells removed)")
-    accuracy = stats.bootstrap(probabilities(logits).numpy(), targets, **bootstrap_options)["acc"]
-    chance = 1.0 / len(bootstrap_options["class_names"])
+    images = BackgroundOnlyImages(scoring.paths, scoring.targets.tolist(), scoring.img_size, scoring.reader)
+    accuracy = scoring.score(images, "background only (cells removed)")[1]["acc"]
+    chance = 1.0 / len(scoring.bootstrap_options["class_names"])
     return BackgroundCheck(acc=accuracy, chance=chance, flag_margin=BACKGROUND_FLAG_MARGIN,
                            flagged=bool(accuracy.low > chance + BACKGROUND_FLAG_MARGIN))
 
@@ -85,27 +85,18 @@ def background_only(
 OCCLUSION_FLAG_DROP = 0.05
 
 
-def corner_occlusion(
-    runner: Runner,
-    paths: Sequence[Path],
-    targets: np.ndarray,
-    img_size: int,
-    reader: ImageReader,
-    loader_options: Mapping[str, Any],
-    bootstrap_options: Mapping[str, Any],
-    tta: bool = False,
-) -> OcclusionCheck:
+def corner_occlusion(scoring: AlteredScoring) -> OcclusionCheck:
     """Accuracy (with CIs) with the four corners occluded and with four same-size squares occluded elsewhere
     (bcd.data.occlusion), and the drop between them with a paired CI: flagged when the corners cost at least
     OCCLUSION_FLAG_DROP more, so that the model reads something in the corners (a burned-in label, a stamp)."""
     correct, accuracy = {}, {}
+    seed = scoring.bootstrap_options["seed"]
     for place in PLACES:
-        images = OccludedImages(paths, targets.tolist(), img_size, place, bootstrap_options["seed"], reader)
-        logits, _ = score_loader(runner, DataLoader(images, **loader_options), tta, f"occlusion: {place} occluded")
-        probs = probabilities(logits).numpy()
-        accuracy[place] = stats.bootstrap(probs, targets, **bootstrap_options)["acc"]
-        correct[place] = probs.argmax(1) == targets
-    drop = stats.paired_difference(correct["elsewhere"], correct["corners"], bootstrap_options["n_boot"],
-                                   bootstrap_options["ci"], bootstrap_options["seed"])
+        images = OccludedImages(scoring.paths, scoring.targets.tolist(), scoring.img_size, place, seed, scoring.reader)
+        probs, estimates = scoring.score(images, f"occlusion: {place} occluded")
+        accuracy[place] = estimates["acc"]
+        correct[place] = probs.argmax(1) == scoring.targets
+    drop = stats.paired_difference(correct["elsewhere"], correct["corners"], scoring.bootstrap_options["n_boot"],
+                                   scoring.bootstrap_options["ci"], seed)
     return OcclusionCheck(corners=accuracy["corners"], elsewhere=accuracy["elsewhere"], drop=drop, side=OCCLUDED_SIDE,
                           flag_drop=OCCLUSION_FLAG_DROP, flagged=bool(drop.low > 0 and drop.value >= OCCLUSION_FLAG_DROP))

@@ -18,7 +18,7 @@ from bcd.data.sources import SPLITS, Sample
 from bcd.evaluation import stats
 from bcd.evaluation.calibration import fit_ood_threshold, fit_temperature
 from bcd.evaluation.result import CalibrationQuality, CalibrationSummary, EvaluationResult
-from bcd.evaluation.robustness import background_only, corner_occlusion, evaluate_shifts
+from bcd.evaluation.robustness import AlteredScoring, background_only, corner_occlusion, evaluate_shifts
 from bcd.inference.calibration import Calibration
 from bcd.inference.runners import make_runner, pick_device, score_loader
 from bcd.inference.scores import probabilities
@@ -41,6 +41,7 @@ class Evaluation:
     datamodule: SmearDataModule
     samples: list[Sample]
     logits: np.ndarray  # (views, images, classes)
+    probs: np.ndarray  # (images, classes): the views' average (bcd.inference.scores.probabilities)
     targets: np.ndarray
     calibration: Calibration
     reliability_curves: dict[str, Any]
@@ -82,12 +83,11 @@ def score(cfg: DictConfig, run: TrainedRun, model: Classifier, out: Path) -> Eva
     bootstrap_options = {"class_names": datamodule.class_names, "positive_classes": datamodule.positive_class_indices(),
                          "n_boot": cfg.n_boot, "ci": cfg.ci, "seed": cfg.seed}
     estimates = stats.bootstrap(probs, targets, **bootstrap_options)
-    loader_options = {"batch_size": batch_size, "num_workers": datamodule.num_workers}
-    images = (runner, paths, targets, datamodule.img_size, datamodule.reader)
-    shift = evaluate_shifts(*images, cfg.shift, estimates, loader_options, bootstrap_options, tta) \
-        if cfg.shift.kinds else None
-    background = background_only(*images, loader_options, bootstrap_options, tta) if cfg.background_check else None
-    occlusion = corner_occlusion(*images, loader_options, bootstrap_options, tta) if cfg.occlusion_check else None
+    scoring = AlteredScoring(runner, paths, targets, datamodule.img_size, datamodule.reader,
+                             {"batch_size": batch_size, "num_workers": datamodule.num_workers}, bootstrap_options, tta)
+    shift = evaluate_shifts(scoring, cfg.shift, estimates) if cfg.shift.kinds else None
+    background = background_only(scoring) if cfg.background_check else None
+    occlusion = corner_occlusion(scoring) if cfg.occlusion_check else None
     if occlusion and occlusion.flagged:
         log.warning("occlusion check: accuracy drops by %.3f more with the corners occluded than with the same area "
                     "occluded elsewhere: the model reads something in the corners (report.md)", occlusion.drop.value)
@@ -106,7 +106,7 @@ def score(cfg: DictConfig, run: TrainedRun, model: Classifier, out: Path) -> Eva
         confusion_matrix=confusion_matrix(probs.argmax(1), targets, len(datamodule.class_names)).tolist(),
         robust_acc=shift.robust_acc if shift else None, shift=shift, background_only=background, occlusion=occlusion,
     )
-    return Evaluation(result, datamodule, samples, logits, targets, calibration, quality["curves"])
+    return Evaluation(result, datamodule, samples, logits, probs, targets, calibration, quality["curves"])
 
 
 def fit_calibration(val: tuple[np.ndarray, np.ndarray] | None, ood_quantile: float, tta: bool,

@@ -14,11 +14,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING as MISSING_VALUE
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING as OMEGACONF_MISSING
 
-from bcd.utils.stored import short_repr
+from bcd.utils.stored import load_stored_json, short_repr
 
 
 class StoredConfigError(ValueError):
@@ -91,6 +92,16 @@ def checked(schema: type, stored: Any, where: str) -> Any:
             if spec_field.default_factory is MISSING_VALUE:
                 raise StoredConfigError(f"{where}.{name}: missing; {schema.__name__} needs it")
     return schema(**values)
+
+
+def checked_file(schema: type, path: Path, what: str) -> Any:
+    """A stored JSON file (summary.json, metrics.json, predict.json: `what` names it in errors) as an instance of the
+    dataclass `schema`, read with a size bound and checked field by field (checked)."""
+    try:
+        data = load_stored_json(path, what)
+    except OSError as error:
+        raise StoredConfigError(f"{path}: cannot read it as JSON ({error})") from error
+    return checked(schema, data, str(path))
 
 
 def _typed(annotation: Any, value: Any, where: str) -> Any:

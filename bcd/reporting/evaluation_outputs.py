@@ -17,7 +17,7 @@ from bcd.data.sources import Sample, relative_name
 from bcd.evaluation.result import EvaluationResult
 from bcd.evaluation.scoring import Evaluation
 from bcd.inference.explain import GradcamSubset, gradcam_of, gradcam_rule, needs_a_look
-from bcd.inference.scores import ImageScores, probabilities, score_images
+from bcd.inference.scores import ImageScores, score_images
 from bcd.models.classifier import Classifier
 from bcd.reporting.figures import write_figures
 from bcd.reporting.plots import plot_shift_curves
@@ -49,8 +49,7 @@ def write_outputs(evaluation: Evaluation, cfg: DictConfig, run: TrainedRun, mode
                                                     warnings, strict=True)]
     write_predictions(out / "predictions.csv", rows,
                       columns(datamodule.class_names, ["path", "split", "true_label"], ["colour_warning"]))
-    probs = probabilities(evaluation.logits).numpy()
-    figures = write_figures(out, probs, targets, datamodule.class_names, evaluation.reliability_curves, run.metrics_csv)
+    figures = write_figures(out, evaluation.probs, targets, datamodule.class_names, evaluation.reliability_curves, run.metrics_csv)
     if result.shift:
         figures["colour_shift"] = plot_shift_curves(result.shift.rows, out / "colour_shift.png")
     write_report(out / "report.md", result, figures, run, datamodule)

@@ -13,10 +13,9 @@ from typing import Any, Dict, Optional  # noqa: UP035 - the schema's annotations
 from bcd.inference.calibration import Calibration
 from bcd.inference.predictor import ScoredBatch
 from bcd.inference.scores import ImageScores, probability_column
-from bcd.models.registry import checked
+from bcd.models.registry import checked_file
 from bcd.reporting.overlays import SHEET_MAX_IMAGES, save_overlay
 from bcd.runs.run_dir import write_json
-from bcd.utils.stored import load_stored_json
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +103,7 @@ class PredictionSummary:
     @classmethod
     def read(cls, path: Path) -> PredictionSummary:
         """A predict.json, every field checked against this schema (plain data only)."""
-        return checked(cls, load_stored_json(path, "a predict.json"), str(path))
+        return checked_file(cls, path, "a predict.json")
 
 
 def prediction_summary(rows: list[dict[str, Any]], class_names: list[str], checkpoint: Path, calibration: Calibration,

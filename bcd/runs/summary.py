@@ -11,10 +11,9 @@ from typing import Any, Dict, List, Optional  # noqa: UP035 - the schemas' annot
 
 import torch
 
-from bcd.models.registry import StoredConfigError, checked
+from bcd.models.registry import checked_file
 from bcd.runs.run_dir import write_json
 from bcd.utils.errors import ConfigError
-from bcd.utils.stored import load_stored_json
 
 LIBRARIES = ("torch", "torchvision", "lightning", "timm", "torchmetrics", "hydra-core", "albumentations", "wandb")
 
@@ -139,8 +138,4 @@ class RunSummary:
     @classmethod
     def read(cls, path: Path) -> RunSummary:
         """A summary.json, every field checked against this schema (plain data only)."""
-        try:
-            data = load_stored_json(path, "a summary.json")
-        except OSError as error:
-            raise StoredConfigError(f"{path}: cannot read it as JSON ({error})") from error
-        return checked(cls, data, str(path))
+        return checked_file(cls, path, "a summary.json")
